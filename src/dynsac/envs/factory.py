@@ -1,0 +1,66 @@
+"""Build environments from `env:` config: a Gymnasium id or `package.module:Class`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import TimeLimit
+
+
+class EnvError(ValueError):
+    """An environment that cannot be built or used by SAC; names the config key at fault."""
+
+
+def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None) -> gym.Env:
+    """Create the env, check it is usable by SAC (flat Box observations, bounded Box actions)."""
+    import dynsac.envs  # noqa: F401  (registers the built-in dynsac/ environments)
+
+    kwargs = dict(kwargs or {})
+    env_class = _import_class(env_id)
+    try:
+        if env_class is not None:
+            env = env_class(**kwargs)
+            if max_episode_steps is not None:
+                env = TimeLimit(env, max_episode_steps)
+        else:
+            env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    except gym.error.Error as err:
+        raise EnvError(f"env.id = {env_id!r}: {err}") from None
+    except TypeError as err:
+        raise EnvError(f"env.kwargs = {kwargs!r} do not fit {env_id!r}: {err}") from None
+    check_spaces(env, env_id)
+    return env
+
+
+def _import_class(env_id: str) -> type[gym.Env] | None:
+    """`package.module:Class` -> the class; None for a Gymnasium id."""
+    module_name, sep, attribute = env_id.partition(":")
+    if not sep or "/" in module_name or not attribute.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise EnvError(f"env.id = {env_id!r}: cannot import module {module_name!r}: {err}") from None
+    env_class = getattr(module, attribute, None)
+    if not (inspect.isclass(env_class) and issubclass(env_class, gym.Env)):
+        if env_class is None:
+            raise EnvError(f"env.id = {env_id!r}: module {module_name!r} has no attribute {attribute!r}")
+        # `module:env-name` is also Gymnasium's own "import module, then make id" syntax.
+        return None
+    return env_class
+
+
+def check_spaces(env: gym.Env, env_id: str) -> None:
+    obs_space, action_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise EnvError(f"env.id = {env_id!r}: observations must be a flat Box, got {obs_space}")
+    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+        raise EnvError(
+            f"env.id = {env_id!r}: SAC needs a continuous action space (1-D Box), got {action_space}"
+        )
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise EnvError(f"env.id = {env_id!r}: action bounds must be finite for a tanh policy, got {action_space}")

@@ -1,0 +1,137 @@
+"""The SAC update: networks, optimizers and one gradient step, with no host sync.
+
+Metrics come back as detached 0-d tensors; reading them (`.item()`) is left to the logger, at
+logging time, so the update never waits on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynsac.sac import losses
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
+from dynsac.sac.replay import Batch
+
+
+def grad_norm_and_clip(parameters: Iterable[nn.Parameter], max_norm: float | None) -> Tensor:
+    """Global L2 norm of the gradients before clipping, then clip in place to `max_norm`.
+
+    The norm is accumulated in float64: a float32 sum of squares overflows to Inf once the norm
+    passes ~1.8e19 even when every gradient entry is finite.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    per_tensor = torch._foreach_norm([g.double() for g in grads])
+    total = torch.linalg.vector_norm(torch.stack(per_tensor))
+    if max_norm is not None:
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    return total
+
+
+class SACAgent(nn.Module):
+    """Policy, twin critics with Polyak targets, entropy coefficient, and their optimizers."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        *,
+        actor_hidden_sizes: Sequence[int] = (256, 256),
+        critic_hidden_sizes: Sequence[int] = (256, 256),
+        context_dim: int = 0,
+        action_low: Any = None,
+        action_high: Any = None,
+        actor_lr: float = 3e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        alpha: float | str = "auto",
+        init_alpha: float = 1.0,
+        target_entropy: float | str = "auto",
+        max_grad_norm: float | None = None,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.gamma, self.tau, self.max_grad_norm = gamma, tau, max_grad_norm
+        self.policy = GaussianPolicy(
+            obs_dim, action_dim, actor_hidden_sizes, context_dim, action_low, action_high, log_std_min, log_std_max
+        )
+        self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.auto_alpha = alpha == "auto"
+        start_alpha = init_alpha if self.auto_alpha else float(alpha)
+        self.log_alpha = nn.Parameter(torch.tensor(float(start_alpha)).log(), requires_grad=self.auto_alpha)
+        self.target_entropy = -float(action_dim) if target_entropy == "auto" else float(target_entropy)
+        adam = dict(foreach=True)
+        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=actor_lr, **adam)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, **adam)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=alpha_lr, **adam)
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "alpha": self.alpha_optimizer}
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One SAC gradient step on `batch` (order as in Stable-Baselines3: alpha, critics, actor)."""
+        action_pi, log_prob_pi = self.policy.sample(batch.obs)
+        metrics: dict[str, Tensor] = {"entropy": -log_prob_pi.detach().mean()}
+
+        if self.auto_alpha:
+            loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
+            metrics["alpha_loss"] = loss_alpha.detach()
+            metrics["alpha_grad_norm"] = self._step(self.alpha_optimizer, loss_alpha, [self.log_alpha])
+        alpha = self.log_alpha.detach().exp()
+
+        with torch.no_grad():
+            next_action, next_log_prob = self.policy.sample(batch.next_obs)
+            next_q = self.critic_target(batch.next_obs, next_action)
+            q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, next_log_prob, alpha, self.gamma)
+        q_pred = self.critic(batch.obs, batch.action)
+        loss_critic = losses.critic_loss(q_pred, q_target)
+        metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
+
+        q_pi = self.critic(batch.obs, action_pi, detach_params=True)
+        loss_actor = losses.actor_loss(q_pi, log_prob_pi, alpha)
+        metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
+
+        self.update_targets()
+        metrics.update(losses.q_statistics(q_pred, q_target))
+        metrics.update(critic_loss=loss_critic.detach(), actor_loss=loss_actor.detach(), alpha=alpha)
+        return metrics
+
+    def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, parameters: Iterable[nn.Parameter]) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = grad_norm_and_clip(list(parameters), self.max_grad_norm)
+        optimizer.step()
+        return norm
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
+
+    def set_learning_rates(self, actor: float, critic: float, alpha: float) -> None:
+        for optimizer, lr in zip(self.optimizers.values(), (actor, critic, alpha)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """Networks, targets, log-alpha and optimizer states."""
+        return {
+            "modules": self.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+        }
+
+    def load_full_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["modules"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])

@@ -1,0 +1,52 @@
+"""SAC losses as small pure functions: tensors in, loss (and what it is built from) out.
+
+Shapes: B = batch, E = critics in the ensemble. Q-values are (E, B).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def soft_q_target(
+    reward: Tensor,
+    terminated: Tensor,
+    next_q: Tensor,
+    next_log_prob: Tensor,
+    alpha: Tensor,
+    gamma: float,
+) -> Tensor:
+    """r + gamma * (1 - terminated) * (min_E Q_target(s', a') - alpha * log pi(a'|s')).
+
+    Only termination stops bootstrapping; a time-limit truncation is stored as not terminated, so
+    the target bootstraps through it.
+    """
+    soft_value = next_q.min(dim=0).values - alpha * next_log_prob
+    return reward + gamma * (1.0 - terminated) * soft_value
+
+
+def critic_loss(q_pred: Tensor, q_target: Tensor) -> Tensor:
+    """Sum over critics of half the mean squared TD error (Stable-Baselines3's convention)."""
+    return 0.5 * (q_pred - q_target.unsqueeze(0)).square().mean(dim=1).sum()
+
+
+def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> Tensor:
+    """E[alpha * log pi(a|s) - min_E Q(s, a)] with a ~ pi(.|s) reparameterised."""
+    return (alpha * log_prob - q_pi.min(dim=0).values).mean()
+
+
+def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
+    """Pushes the policy's entropy (-log pi) towards `target_entropy` by tuning log-alpha."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def q_statistics(q_pred: Tensor, q_target: Tensor) -> dict[str, Tensor]:
+    """Detached summary statistics of predicted and target Q-values."""
+    q_pred, q_target = q_pred.detach(), q_target.detach()
+    return {
+        "q_mean": q_pred.mean(),
+        "q_std": q_pred.std() if q_pred.numel() > 1 else torch.zeros((), device=q_pred.device),
+        "q_max_abs": q_pred.abs().max(),
+        "q_target_mean": q_target.mean(),
+    }

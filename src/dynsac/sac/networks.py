@@ -1,0 +1,143 @@
+"""SAC networks: a tanh-squashed Gaussian policy and a batched ensemble of Q critics.
+
+Every network takes an optional context vector (the dynamics map), concatenated to its input;
+`context_dim=0` is plain SAC.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+LOG_2 = math.log(2.0)
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> nn.Sequential:
+    """Linear/ReLU stack; no activation after the last layer."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_dim, size), nn.ReLU()]
+        in_dim = size
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def with_context(x: Tensor, context: Tensor | None) -> Tensor:
+    return x if context is None or context.shape[-1] == 0 else torch.cat([x, context], dim=-1)
+
+
+def tanh_log_det_jacobian(pre_tanh: Tensor) -> Tensor:
+    """log(1 - tanh(u)^2), summed over the last dim, in a form that stays finite for any |u|.
+
+    Uses log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), avoiding the `+ 1e-6` epsilon that
+    inflates log-probs of saturated actions and misleads automatic entropy tuning.
+    """
+    return (2.0 * (LOG_2 - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))).sum(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """Tanh-squashed diagonal Gaussian policy.
+
+    Actions live in [-1, 1] inside dynsac (replay buffer, losses, log-probs, so that entropy tuning
+    does not depend on the env's units); `to_env_action` maps them to the env's bounds.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (256, 256),
+        context_dim: int = 0,
+        action_low: Sequence[float] | Tensor | None = None,
+        action_high: Sequence[float] | Tensor | None = None,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.action_dim, self.context_dim = obs_dim, action_dim, context_dim
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.net = mlp(obs_dim + context_dim, hidden_sizes, 2 * action_dim)
+        low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
+        high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
+        self.register_buffer("action_center", ((high + low) / 2).expand(action_dim).clone())
+        self.register_buffer("action_half_range", ((high - low) / 2).expand(action_dim).clone())
+
+    def forward(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and log standard deviation of the pre-tanh Gaussian."""
+        mu, raw_log_std = self.net(with_context(obs, context)).chunk(2, dim=-1)
+        # Smooth bounds: tanh keeps gradients alive near the limits, unlike a hard clamp.
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw_log_std) + 1)
+        return mu, log_std
+
+    def sample(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Reparameterised action in [-1, 1] and its log-probability (tanh correction included)."""
+        mu, log_std = self(obs, context)
+        noise = torch.randn_like(mu)
+        pre_tanh = mu + noise * log_std.exp()
+        gaussian_log_prob = (-0.5 * noise.square() - log_std - LOG_SQRT_2PI).sum(-1)
+        return torch.tanh(pre_tanh), gaussian_log_prob - tanh_log_det_jacobian(pre_tanh)
+
+    def deterministic(self, obs: Tensor, context: Tensor | None = None) -> Tensor:
+        """The mode's action in [-1, 1] (tanh of the mean)."""
+        return torch.tanh(self(obs, context)[0])
+
+    def to_env_action(self, action: Tensor) -> Tensor:
+        """Map [-1, 1] actions to the env's bounds."""
+        return self.action_center + action * self.action_half_range
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, context: Tensor | None = None, deterministic: bool = False) -> Tensor:
+        """Env-scaled action(s) for acting, without autograd bookkeeping."""
+        action = self.deterministic(obs, context) if deterministic else self.sample(obs, context)[0]
+        return self.to_env_action(action)
+
+
+class CriticEnsemble(nn.Module):
+    """`num_critics` Q networks evaluated in one batched forward pass.
+
+    Layer weights are stacked as (num_critics, in, out), so each layer is one batched matmul for
+    all critics. `forward` returns Q-values of shape (num_critics, batch).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (256, 256),
+        context_dim: int = 0,
+        num_critics: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_critics = num_critics
+        sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            # Same distribution as nn.Linear's default init, drawn independently per critic.
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(num_critics, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_critics, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(
+        self,
+        obs: Tensor,
+        action: Tensor,
+        context: Tensor | None = None,
+        detach_params: bool = False,
+    ) -> Tensor:
+        """Q-values (num_critics, batch). `detach_params` lets the actor loss backpropagate into
+        the action without computing gradients for the critics' weights."""
+        hidden = with_context(torch.cat([obs, action], dim=-1), context)
+        last = len(self.weights) - 1
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                weight, bias = weight.detach(), bias.detach()
+            # The first layer's input is shared by all critics: broadcast instead of copying it.
+            hidden = torch.matmul(hidden, weight) + bias if index == 0 else torch.baddbmm(bias, hidden, weight)
+            if index < last:
+                hidden = torch.relu(hidden)
+        return hidden.squeeze(-1)

@@ -1,0 +1,127 @@
+"""Checkpoints: atomic writes, safe loads (tensors and plain data only), versioned formats.
+
+A checkpoint is a dict saved with `torch.save` and read back with `torch.load(weights_only=True)`,
+which refuses anything that could run code when unpickled. Every format change bumps
+`FORMAT_VERSION` and adds a migration from the previous format to `MIGRATIONS`, so old
+checkpoints keep loading (new fields take their defaults).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
+
+# MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, unsafe, or from another setup."""
+
+
+def checkpoint_path(checkpoint_dir: str | Path, step: int) -> Path:
+    return Path(checkpoint_dir) / f"sac_step_{step}.pt"
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the `sac_step_N.pt` files in the folder, oldest first."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any point leaves either the previous file or the complete new one under `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "format_version": FORMAT_VERSION}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load safely and migrate to the current format; every failure is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        hint = _nearby_checkpoints(path)
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains objects other than tensors and plain data, which "
+            f"could run code when loaded ({_first_line(err)}). Only load checkpoints written by dynsac."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt file?): {_first_line(err)}"
+        ) from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointError(f"{path}: not a dynsac checkpoint (no format_version)")
+    return migrate(payload, path)
+
+
+def migrate(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
+    version = payload["format_version"]
+    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version!r} is not supported; this dynsac reads formats 1 to "
+            f"{FORMAT_VERSION} (a newer dynsac wrote it?)"
+        )
+    while version < FORMAT_VERSION:
+        payload = MIGRATIONS[version](payload)
+        version += 1
+        payload["format_version"] = version
+    return payload
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _nearby_checkpoints(path: Path) -> str:
+    found = list_checkpoints(path.parent)
+    if not found:
+        return ""
+    names = ", ".join(p.name for _, p in found[-3:])
+    return f" (that folder has: {names})"

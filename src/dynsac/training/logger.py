@@ -1,0 +1,167 @@
+"""Run logging: TensorBoard events, JSON-lines metrics, and console progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricAccumulator:
+    """Sums per-update metric tensors on their device; averaged and read only when logged."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._count = 0
+
+    def add(self, metrics: Mapping[str, Tensor]) -> None:
+        for name, value in metrics.items():
+            value = value.detach().double()
+            self._sums[name] = self._sums[name] + value if name in self._sums else value
+        self._count += 1
+
+    def pop_means(self) -> dict[str, float]:
+        """Means since the last call, as floats (the only host sync of the update metrics)."""
+        if not self._count:
+            return {}
+        names = list(self._sums)
+        values = (torch.stack([self._sums[n] for n in names]) / self._count).tolist()
+        self._sums, self._count = {}, 0
+        return dict(zip(names, values))
+
+
+class RunLogger:
+    """Writes scalars to TensorBoard and to `metrics.jsonl` in the run folder."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        if resume_step is not None:
+            drop_records_after(self.metrics_path, resume_step)
+        self._file: IO[str] = self.metrics_path.open("a")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events a crashed run wrote past the resumed step.
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=resume_step)
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **{k: _json_number(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for name, value in scalars.items():
+                self._writer.add_scalar(name, value, step)
+
+    def event(self, step: int, kind: str, message: str, **details: Any) -> None:
+        """A discrete event (warning, rollback, ...) as a JSON line and a TensorBoard text entry."""
+        record = {"step": step, "time": round(time.time(), 3), "event": kind, "message": message, **details}
+        self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            self._writer.add_text(f"events/{kind}", message, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._file.close()
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN/Inf: write them as strings so the file stays valid JSON."""
+    return value if math.isfinite(value) else str(value)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Rewrite `path` without the records past `step` (atomically), for a resumed run."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    os.replace(temporary, path)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; periodic plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total: int, mode: str = "auto", interval_s: float = 10.0, stream: IO[str] | None = None) -> None:
+        self.total, self.interval_s = total, interval_s
+        self.stream = stream or sys.stderr
+        is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.mode = ("bar" if is_tty else "lines") if mode == "auto" else mode
+        self._start_time = time.monotonic()
+        self._start_step: int | None = None
+        self._last_print = 0.0
+        self.last_eval: float | None = None
+
+    def update(self, step: int, force: bool = False) -> None:
+        if self.mode == "off":
+            return
+        now = time.monotonic()
+        if self._start_step is None:
+            self._start_step, self._start_time = step, now
+        min_gap = 0.2 if self.mode == "bar" else self.interval_s
+        if not force and now - self._last_print < min_gap:
+            return
+        self._last_print = now
+        line = self.describe(step, now)
+        if self.mode == "bar":
+            self.stream.write("\r" + line.ljust(100)[:120])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def steps_per_sec(self, step: int, now: float | None = None) -> float:
+        elapsed = (now or time.monotonic()) - self._start_time
+        return (step - (self._start_step or 0)) / elapsed if elapsed > 0 else 0.0
+
+    def describe(self, step: int, now: float) -> str:
+        rate = self.steps_per_sec(step, now)
+        fraction = step / self.total if self.total else 1.0
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        eval_text = f"{self.last_eval:,.1f}" if self.last_eval is not None else "-"
+        if self.mode == "bar":
+            filled = int(20 * fraction)
+            head = f"[{'#' * filled}{'.' * (20 - filled)}]"
+        else:
+            head = "step"
+        return (
+            f"{head} {step:,}/{self.total:,} ({100 * fraction:.0f}%) | {rate:,.0f} steps/s "
+            f"| eval return {eval_text} | ETA {_format_seconds(eta)}"
+        )
+
+    def close(self, step: int) -> None:
+        if self.mode == "off":
+            return
+        self.update(step, force=True)
+        if self.mode == "bar":
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"

@@ -1,0 +1,443 @@
+"""SACTrainer: wires env, replay buffer, SAC agent, logging, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from dynsac import __version__
+from dynsac.config import Config, ConfigError, validate_config, apply_override
+from dynsac.envs.factory import make_env
+from dynsac.envs.state import capture_env_state, restore_env_state
+from dynsac.safety import sanitize_observation
+from dynsac.sac import GaussianPolicy, SACAgent
+from dynsac.sac.replay import ReplayBuffer
+from dynsac.training.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
+
+
+@dataclass
+class EvalResult:
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_time_s: float
+    final_eval: EvalResult | None
+    last_checkpoint: Path | None
+    interrupted: bool = False
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device = 'cuda': no CUDA device is available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class SACTrainer:
+    """Soft Actor-Critic training on one environment.
+
+    Constructing a trainer touches nothing on disk; `train()` opens the run folder and writes
+    metrics and checkpoints.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        params = config.training
+        if params.torch_threads:
+            torch.set_num_threads(params.torch_threads)
+        self.device = resolve_device(params.device)
+        seed_everything(params.seed)
+
+        self.env = make_env(config.env.id, config.env.kwargs, config.env.max_episode_steps)
+        self.env.action_space.seed(params.seed)
+        self.obs_dim = int(self.env.observation_space.shape[0])
+        self.action_dim = int(self.env.action_space.shape[0])
+        self.agent = SACAgent(
+            self.obs_dim,
+            self.action_dim,
+            actor_hidden_sizes=params.actor_layers,
+            critic_hidden_sizes=params.critic_layers,
+            action_low=self.env.action_space.low,
+            action_high=self.env.action_space.high,
+            actor_lr=params.actor_lr,
+            critic_lr=params.critic_lr,
+            alpha_lr=params.alpha_lr,
+            gamma=params.gamma,
+            tau=params.tau,
+            alpha=params.alpha,
+            init_alpha=params.init_alpha,
+            target_entropy=params.target_entropy,
+            max_grad_norm=params.max_grad_norm,
+            log_std_min=params.log_std_min,
+            log_std_max=params.log_std_max,
+        ).to(self.device)
+        self._action_center = self.policy.action_center.cpu().numpy()
+        self._action_half_range = self.policy.action_half_range.cpu().numpy()
+        self.buffer = ReplayBuffer(params.buffer_size, self.obs_dim, self.action_dim, self.device)
+        self.warmup_rng = np.random.default_rng(params.seed)
+
+        self.step = 0
+        self.num_updates = 0
+        self.episode = 0
+        self.sanitized_values = 0
+        self._obs = self._sanitize(self.env.reset(seed=params.seed)[0])
+        self._episode_return = 0.0
+        self._episode_length = 0
+        self._finished_returns: list[float] = []
+        self._finished_lengths: list[int] = []
+        self.metrics = MetricAccumulator()
+        self.eval_env = None
+        self.logger: RunLogger | None = None
+        self._stop_requested = False
+
+    @property
+    def policy(self) -> GaussianPolicy:
+        return self.agent.policy
+
+    # ----------------------------------------------------------------- acting and learning
+    def collect_step(self) -> dict[str, Any]:
+        """Act once (uniformly random during warm-up), store the transition, handle episode ends."""
+        params = self.config.training
+        if self.step < params.learning_starts:
+            action = self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+        else:
+            obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            with torch.no_grad():
+                action = self.policy.sample(obs)[0][0].cpu().numpy()
+        env_action = self._action_center + action * self._action_half_range
+        next_obs, reward, terminated, truncated, info = self.env.step(env_action)
+        next_obs = self._sanitize(next_obs)
+        self.buffer.add(
+            self._obs, action, float(reward) * params.reward_scale, next_obs, terminated, truncated, self.episode
+        )
+        self.step += 1
+        self._episode_return += float(reward)
+        self._episode_length += 1
+        done = bool(terminated or truncated)
+        result = {"reward": float(reward), "done": done, "info": info}
+        if done:
+            result["episode_return"] = self._episode_return
+            self._finished_returns.append(self._episode_return)
+            self._finished_lengths.append(self._episode_length)
+            self.episode += 1
+            self._episode_return, self._episode_length = 0.0, 0
+            next_obs = self._sanitize(self.env.reset()[0])
+        self._obs = next_obs
+        return result
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """One gradient step on a uniformly sampled batch; metrics stay on the device."""
+        batch = self.buffer.sample(self.config.training.batch_size)
+        metrics = self.agent.update(batch)
+        self.metrics.add(metrics)
+        self.num_updates += 1
+        return metrics
+
+    def _sanitize(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        if not self.config.safety.sanitize_inputs:
+            return obs
+        obs, replaced = sanitize_observation(obs)
+        if replaced:
+            self.sanitized_values += replaced
+            message = f"step {self.step}: observation had {replaced} non-finite value(s); replaced by 0"
+            print(f"[dynsac] warning: {message}", flush=True)
+            if self.logger is not None:
+                self.logger.event(self.step, "sanitized_observation", message, count=replaced)
+        return obs
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, episodes: int | None = None, env_kwargs: dict[str, Any] | None = None) -> EvalResult:
+        """Deterministic-policy returns on a separate env; episode i always uses the same seed,
+        so evaluations are comparable along a run and consume none of the training randomness."""
+        episodes = episodes or self.config.training.eval_episodes
+        env_cfg = self.config.env
+        if env_kwargs is not None:
+            env = make_env(env_cfg.id, {**env_cfg.kwargs, **env_kwargs}, env_cfg.max_episode_steps)
+        else:
+            if self.eval_env is None:
+                kwargs = {**env_cfg.kwargs, **env_cfg.eval_kwargs}
+                self.eval_env = make_env(env_cfg.id, kwargs, env_cfg.max_episode_steps)
+            env = self.eval_env
+        returns, lengths = [], []
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=self.config.training.seed + 1_000_000 + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs_tensor = torch.as_tensor(self._clean(obs), device=self.device).unsqueeze(0)
+                action = self.policy.act(obs_tensor, deterministic=True)[0].cpu().numpy()
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+        if env is not self.eval_env:
+            env.close()
+        return EvalResult(returns, lengths)
+
+    def _clean(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        return sanitize_observation(obs)[0] if self.config.safety.sanitize_inputs else obs
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, total_steps: int | None = None) -> TrainResult:
+        """Train until `total_steps` (default: `training.total_steps`), logging, evaluating and
+        checkpointing on schedule. Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint."""
+        params, log_cfg = self.config.training, self.config.logging
+        total = total_steps or params.total_steps
+        self._check_checkpoint_dir()
+        resumed = self.step > 0
+        self.logger = RunLogger(log_cfg.dir, log_cfg.tensorboard, resume_step=self.step if resumed else None)
+        progress = Progress(total, log_cfg.progress, log_cfg.progress_interval_s)
+        start, last_checkpoint, final_eval = time.monotonic(), None, None
+        eval_history: list[tuple[int, float]] = []
+        self._log_clock = (time.monotonic(), self.step, self.num_updates)
+        self._announce(total, resumed)
+        with self._stop_on_signals():
+            while self.step < total and not self._stop_requested:
+                self.collect_step()
+                if self.step >= params.learning_starts:
+                    for _ in range(params.updates_per_step):
+                        self.update()
+                if self.step % log_cfg.log_interval == 0:
+                    self._log_training()
+                if params.eval_interval and self.step % params.eval_interval == 0:
+                    final_eval = self._log_evaluation(progress)
+                    eval_history.append((self.step, final_eval.mean))
+                if params.checkpoint_interval and self.step % params.checkpoint_interval == 0:
+                    last_checkpoint = self.save_checkpoint()
+                progress.update(self.step)
+        interrupted = self._stop_requested
+        if not interrupted and (not eval_history or eval_history[-1][0] != self.step):
+            final_eval = self._log_evaluation(progress)
+            eval_history.append((self.step, final_eval.mean))
+        if params.checkpoint_interval and (last_checkpoint is None or not last_checkpoint.name.endswith(f"_{self.step}.pt")):
+            last_checkpoint = self.save_checkpoint()
+        progress.close(self.step)
+        self.logger.close()
+        if interrupted and last_checkpoint is not None:
+            print(f"[dynsac] interrupted at step {self.step}; resume with:\n  {resume_command(last_checkpoint)}")
+        return TrainResult(self.step, time.monotonic() - start, final_eval, last_checkpoint, interrupted, eval_history)
+
+    def _announce(self, total: int, resumed: bool) -> None:
+        if self.config.logging.progress == "off":
+            return
+        what = f"resuming at step {self.step:,}" if resumed else "starting"
+        print(
+            f"[dynsac] {what}: {self.config.env.id}, {total:,} steps, device {self.device}, "
+            f"run folder {self.config.logging.dir}",
+            flush=True,
+        )
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a request to stop at the next step boundary (never mid-update)."""
+
+        def request_stop(signum: int, _frame: Any) -> None:
+            if self._stop_requested:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print(f"\n[dynsac] {signal.Signals(signum).name} received: saving a checkpoint and stopping", flush=True)
+
+        previous = {}
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, request_stop)
+        except ValueError:  # not the main thread: leave signal handling alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _log_training(self) -> None:
+        now, step, updates = time.monotonic(), self.step, self.num_updates
+        last_time, last_step, last_updates = self._log_clock
+        self._log_clock = (now, step, updates)
+        scalars = {f"train/{name}": value for name, value in self.metrics.pop_means().items()}
+        elapsed = max(now - last_time, 1e-9)
+        scalars["perf/steps_per_sec"] = (step - last_step) / elapsed
+        scalars["perf/updates_per_sec"] = (updates - last_updates) / elapsed
+        if self._finished_returns:
+            scalars["train/episode_return"] = float(np.mean(self._finished_returns))
+            scalars["train/episode_length"] = float(np.mean(self._finished_lengths))
+            self._finished_returns, self._finished_lengths = [], []
+        scalars["safety/sanitized_values"] = float(self.sanitized_values)
+        self.logger.log(step, scalars)
+
+    def _log_evaluation(self, progress: Progress) -> EvalResult:
+        result = self.evaluate()
+        progress.last_eval = result.mean
+        self.logger.log(self.step, {"eval/return_mean": result.mean, "eval/return_std": result.std,
+                                    "eval/episode_length": float(np.mean(result.lengths))})
+        return result
+
+    # ----------------------------------------------------------------- checkpoints
+    def _check_checkpoint_dir(self) -> None:
+        """Refuse to overwrite checkpoints that another run (or a later part of this one) wrote."""
+        if not self.config.training.checkpoint_interval:
+            return
+        folder = self.config.training.checkpoint_dir
+        later = [(step, path) for step, path in list_checkpoints(folder) if step > self.step or self.step == 0]
+        if not later:
+            return
+        newest = later[-1][1]
+        what = "a fresh run" if self.step == 0 else f"resuming from step {self.step}"
+        raise CheckpointError(
+            f"training.checkpoint_dir = {folder!r} already holds {newest.name} (and {len(later) - 1} more) "
+            f"from another run; {what} would overwrite them. Continue that run with:\n  {resume_command(newest)}\n"
+            f"or start afresh elsewhere: --set training.checkpoint_dir=NEW_DIR --set logging.dir=NEW_RUN_DIR"
+        )
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        path = path or checkpoint_path(self.config.training.checkpoint_dir, self.step)
+        return save_checkpoint(self.state_dict(), path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit for bit."""
+        return {
+            "dynsac_version": __version__,
+            "step": self.step,
+            "num_updates": self.num_updates,
+            "episode": self.episode,
+            "config": self.config.model_dump(mode="json"),
+            "spaces": self._space_signature(),
+            "agent": self.agent.full_state_dict(),
+            "buffer": self.buffer.state_dict() if self.config.training.save_replay_buffer else None,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": _numpy_global_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "warmup": self.warmup_rng.bit_generator.state,
+            },
+            "env": {
+                "state": capture_env_state(self.env),
+                "obs": self._obs.tolist(),
+                "episode_return": self._episode_return,
+                "episode_length": self._episode_length,
+            },
+            "counters": {"sanitized_values": self.sanitized_values},
+        }
+
+    def _space_signature(self) -> dict[str, Any]:
+        return {
+            "env_id": self.config.env.id,
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "action_low": self.env.action_space.low.tolist(),
+            "action_high": self.env.action_space.high.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str | Path = "<checkpoint>") -> None:
+        saved, here = state["spaces"], self._space_signature()
+        for key in ("obs_dim", "action_dim"):
+            if saved[key] != here[key]:
+                raise CheckpointError(
+                    f"{source}: was trained on {saved['env_id']!r} with {key}={saved[key]}, but "
+                    f"env.id = {here['env_id']!r} has {key}={here[key]}; use the checkpoint's env"
+                )
+        try:
+            self.agent.load_full_state_dict(state["agent"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(
+                f"{source}: its networks do not match this config (hidden sizes changed?): {str(err).splitlines()[0]}"
+            ) from None
+        params = self.config.training
+        self.agent.set_learning_rates(params.actor_lr, params.critic_lr, params.alpha_lr)
+        self.agent.tau, self.agent.gamma, self.agent.max_grad_norm = params.tau, params.gamma, params.max_grad_norm
+        if state["buffer"] is not None:
+            try:
+                self.buffer.load_state_dict(state["buffer"])
+            except ValueError as err:
+                raise CheckpointError(f"{source}: {err}") from None
+        self.step, self.num_updates, self.episode = state["step"], state["num_updates"], state["episode"]
+        self.sanitized_values = state["counters"]["sanitized_values"]
+        self._restore_rng(state["rng"])
+        self._restore_env(state["env"], source)
+
+    def _restore_rng(self, rng: dict[str, Any]) -> None:
+        random.setstate(rng["python"])
+        np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.warmup_rng.bit_generator.state = rng["warmup"]
+
+    def _restore_env(self, env_state: dict[str, Any], source: str | Path) -> None:
+        try:
+            restore_env_state(self.env, env_state["state"])
+        except Exception as err:  # an env we cannot restore mid-episode: start a new episode instead
+            print(f"[dynsac] warning: {source}: env state not restorable ({err}); starting a new episode")
+            self._obs = self._sanitize(self.env.reset()[0])
+            return
+        self._obs = np.asarray(env_state["obs"], dtype=np.float32)
+        self._episode_return = env_state["episode_return"]
+        self._episode_length = env_state["episode_length"]
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, config: Config | None = None, overrides: list[str] | tuple[str, ...] = ()
+    ) -> SACTrainer:
+        """Rebuild a trainer from a checkpoint. Without `config`, the checkpoint's own config is used
+        (with `overrides` applied); with one, its tunables (learning rates, tau, total_steps...) win."""
+        state = load_checkpoint(path)
+        if config is None:
+            raw = state["config"]
+            for override in overrides:
+                apply_override(raw, override)
+            config = validate_config(raw, source=f"{path} (saved config)")
+        trainer = cls(config)
+        trainer.load_state_dict(state, path)
+        return trainer
+
+
+def resume_command(checkpoint: Path) -> str:
+    return f"dynsac resume {checkpoint}"
+
+
+def _numpy_global_state() -> dict[str, Any]:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": position, "has_gauss": has_gauss, "cached": cached}
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    keys = np.asarray(state["keys"], dtype=np.uint32)
+    return state["name"], keys, state["pos"], state["has_gauss"], state["cached"]
