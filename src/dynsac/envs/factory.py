@@ -17,7 +17,9 @@ class EnvError(ValueError):
 
 def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None) -> gym.Env:
     """Create the env, check it is usable by SAC (flat Box observations, bounded Box actions)."""
-    import dynsac.envs  # noqa: F401  (registers the built-in dynsac/ environments)
+    from dynsac.envs.registration import register_envs
+
+    register_envs()
 
     kwargs = dict(kwargs or {})
     env_class = _import_class(env_id)

@@ -1,0 +1,148 @@
+"""SAC losses and the policy's log-prob against hand computation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, TransformedDistribution
+from torch.distributions.transforms import TanhTransform
+
+from dynsac.sac import losses
+from dynsac.sac.agent import SACAgent, grad_norm_and_clip
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, tanh_log_det_jacobian
+from dynsac.sac.replay import ReplayBuffer
+
+
+def test_soft_q_target_by_hand():
+    reward = torch.tensor([1.0, -2.0])
+    terminated = torch.tensor([0.0, 1.0])
+    next_q = torch.tensor([[3.0, 5.0], [4.0, 1.0]])  # (critics, batch)
+    next_log_prob = torch.tensor([-0.5, 0.25])
+    alpha, gamma = torch.tensor(0.2), 0.9
+    target = losses.soft_q_target(reward, terminated, next_q, next_log_prob, alpha, gamma)
+    # row 0: min(3, 4) = 3; soft value 3 - 0.2 * -0.5 = 3.1; 1 + 0.9 * 3.1 = 3.79
+    # row 1: terminated, so just the reward
+    assert target.tolist() == pytest.approx([3.79, -2.0])
+
+
+def test_critic_loss_by_hand():
+    q_pred = torch.tensor([[1.0, 2.0], [0.0, 4.0]])
+    q_target = torch.tensor([2.0, 2.0])
+    # critic 0: ((1-2)^2 + 0) / 2 = 0.5; critic 1: (4 + 4) / 2 = 4; 0.5 * (0.5 + 4) = 2.25
+    assert losses.critic_loss(q_pred, q_target).item() == pytest.approx(2.25)
+
+
+def test_actor_and_alpha_loss_by_hand():
+    q_pi = torch.tensor([[1.0, -1.0], [2.0, -3.0]])
+    log_prob = torch.tensor([-1.0, 0.5])
+    alpha = torch.tensor(0.1)
+    # min over critics: [1, -3]; (0.1*-1 - 1 + 0.1*0.5 + 3) / 2 = 0.975
+    assert losses.actor_loss(q_pi, log_prob, alpha).item() == pytest.approx(0.975)
+    log_alpha = torch.tensor(math.log(0.1))
+    # -(log 0.1 * ((-1 - 2) + (0.5 - 2))) / 2 with target entropy -2
+    expected = -(math.log(0.1) * ((-1 + -2) + (0.5 + -2))) / 2
+    assert losses.alpha_loss(log_alpha, log_prob, -2.0).item() == pytest.approx(expected)
+
+
+def test_tanh_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 2, (16,))
+    obs = torch.randn(64, 3)
+    torch.manual_seed(1)
+    action, log_prob = policy.sample(obs)
+    mu, log_std = policy(obs)
+    reference = TransformedDistribution(Normal(mu, log_std.exp()), [TanhTransform()])
+    expected = reference.log_prob(action.clamp(-1 + 1e-6, 1 - 1e-6)).sum(-1)
+    assert torch.allclose(log_prob, expected, atol=1e-3)
+
+
+def test_tanh_correction_is_finite_when_saturated():
+    pre_tanh = torch.tensor([[30.0, -30.0, 100.0]])
+    value = tanh_log_det_jacobian(pre_tanh)
+    assert torch.isfinite(value).all()
+    # log(1 - tanh(u)^2) ~ log 4 - 2|u| for large |u|
+    assert value.item() == pytest.approx(3 * math.log(4) - 2 * 160, rel=1e-5)
+
+
+def test_log_std_bounds_are_smooth():
+    policy = GaussianPolicy(2, 1, (8,), log_std_min=-5, log_std_max=2)
+    with torch.no_grad():
+        policy.net[-1].bias.fill_(1e4)
+    _, log_std = policy(torch.zeros(1, 2))
+    assert log_std.max().item() <= 2.0 and log_std.min().item() >= -5.0
+
+
+def test_actions_rescaled_to_env_bounds():
+    policy = GaussianPolicy(2, 2, (8,), action_low=[-2.0, 0.0], action_high=[2.0, 10.0])
+    env_action = policy.to_env_action(torch.tensor([[1.0, -1.0], [0.0, 0.5]]))
+    assert env_action.tolist() == [[2.0, 0.0], [0.0, 7.5]]
+
+
+def test_critic_ensemble_matches_independent_mlps():
+    torch.manual_seed(0)
+    critic = CriticEnsemble(3, 2, (5, 4), num_critics=2)
+    obs, action = torch.randn(7, 3), torch.randn(7, 2)
+    q = critic(obs, action)
+    assert q.shape == (2, 7)
+    x = torch.cat([obs, action], -1)
+    for e in range(2):
+        h = x
+        for i, (w, b) in enumerate(zip(critic.weights, critic.biases)):
+            h = h @ w[e] + b[e, 0]
+            if i < 2:
+                h = torch.relu(h)
+        assert torch.allclose(q[e], h.squeeze(-1), atol=1e-6)
+
+
+def test_actor_loss_leaves_critic_gradients_alone():
+    agent = SACAgent(3, 1, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,))
+    obs = torch.randn(4, 3)
+    action, _ = agent.policy.sample(obs)
+    agent.critic(obs, action, detach_params=True).sum().backward()
+    assert all(p.grad is None for p in agent.critic.parameters())
+    assert any(p.grad is not None for p in agent.policy.parameters())
+
+
+def test_grad_norm_is_exact_and_does_not_overflow_float32():
+    weight = torch.nn.Parameter(torch.zeros(4))
+    weight.grad = torch.full((4,), 1e19)  # norm 2e19: its float32 square overflows
+    norm = grad_norm_and_clip([weight], max_norm=1.0)
+    assert math.isfinite(norm.item()) and norm.item() == pytest.approx(2e19, rel=1e-6)
+    assert torch.linalg.vector_norm(weight.grad.double()).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_time_limit_truncation_bootstraps_termination_does_not():
+    """Two identical transitions except that one terminated and the other was truncated."""
+    torch.manual_seed(0)
+    agent = SACAgent(2, 1, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,), gamma=0.5)
+    buffer = ReplayBuffer(4, 2, 1)
+    obs, next_obs = np.array([0.1, 0.2]), np.array([0.3, 0.4])
+    buffer.add(obs, np.array([0.5]), 1.0, next_obs, terminated=True, truncated=False, episode_id=0)
+    buffer.add(obs, np.array([0.5]), 1.0, next_obs, terminated=False, truncated=True, episode_id=1)
+    index = torch.tensor([0, 1])
+    with torch.no_grad():
+        next_action, next_log_prob = agent.policy.sample(buffer.next_obs[index])
+        next_q = agent.critic_target(buffer.next_obs[index], next_action)
+        target = losses.soft_q_target(buffer.reward[index], buffer.terminated[index], next_q, next_log_prob,
+                                      agent.log_alpha.exp(), agent.gamma)
+    soft_value = next_q.min(0).values[1] - next_log_prob[1]  # alpha = 1 at start
+    assert target[0].item() == pytest.approx(1.0)
+    assert target[1].item() == pytest.approx(1.0 + 0.5 * soft_value.item(), rel=1e-5)
+    assert buffer.truncated[index].tolist() == [False, True]
+
+
+def test_one_update_changes_everything_and_moves_targets_by_tau():
+    torch.manual_seed(0)
+    agent = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), tau=0.1)
+    buffer = ReplayBuffer(100, 3, 2)
+    for i in range(50):
+        buffer.add(np.random.randn(3), np.random.uniform(-1, 1, 2), -1.0, np.random.randn(3), False, False, 0)
+    target_before = [p.clone() for p in agent.critic_target.parameters()]
+    metrics = agent.update(buffer.sample(16))
+    for before, target, online in zip(target_before, agent.critic_target.parameters(), agent.critic.parameters()):
+        assert torch.allclose(target, 0.9 * before + 0.1 * online, atol=1e-6)
+    for name in ("critic_loss", "actor_loss", "alpha_loss", "q_grad_norm", "policy_grad_norm", "q_mean", "q_std",
+                 "alpha", "entropy"):
+        assert torch.isfinite(metrics[name]), name
+    assert metrics["alpha"].item() != 1.0
