@@ -62,6 +62,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-save
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -84,12 +86,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         hint = _nearby_checkpoints(path)
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt file?): not a torch archive")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused to load: it contains objects other than tensors and plain data, which "
-            f"could run code when loaded ({_first_line(err)}). Only load checkpoints written by dynsac."
+            f"could run code when loaded ({_unsafe_reason(err)}). Only load checkpoints written by dynsac."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(
@@ -112,6 +116,11 @@ def migrate(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[
         version += 1
         payload["format_version"] = version
     return payload
+
+
+def _unsafe_reason(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines()]
+    return next((line for line in lines if "Unsupported global" in line), "not allowed by weights_only")
 
 
 def _first_line(err: BaseException) -> str:

@@ -221,6 +221,10 @@ class SACTrainer:
         checkpointing on schedule. Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint."""
         params, log_cfg = self.config.training, self.config.logging
         total = total_steps or params.total_steps
+        if self.step >= total:
+            print(f"[dynsac] already at step {self.step:,} >= total_steps {total:,}: nothing to do; "
+                  f"raise training.total_steps to train further")
+            return TrainResult(self.step, 0.0, None, None)
         self._check_checkpoint_dir()
         resumed = self.step > 0
         self.logger = RunLogger(log_cfg.dir, log_cfg.tensorboard, resume_step=self.step if resumed else None)
