@@ -120,7 +120,7 @@ def migrate(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[
 
 def _unsafe_reason(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines()]
-    return next((line for line in lines if "Unsupported global" in line), "not allowed by weights_only")
+    return next((line for line in lines if "GLOBAL" in line.upper() and "unsupported" in line.lower()), "an object type not allowed by weights_only")
 
 
 def _first_line(err: BaseException) -> str:

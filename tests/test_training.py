@@ -1,0 +1,159 @@
+"""End to end: the reference entry point, logging, evaluation, progress, env handling."""
+
+import io
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from dynsac import SACTrainer
+from dynsac.config import load_config
+from dynsac.envs import EnvError, make_env
+from dynsac.training.logger import Progress, read_metrics
+
+from conftest import REPO_ROOT, tiny_overrides
+
+REQUIRED_SCALARS = [
+    "train/policy_grad_norm", "train/q_grad_norm", "train/q_mean", "train/q_std", "train/actor_loss",
+    "train/critic_loss", "train/alpha_loss", "train/alpha", "train/entropy", "eval/return_mean",
+    "eval/return_std", "perf/steps_per_sec",
+]
+
+
+def run(args, env, timeout=300):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def set_flags(overrides):
+    return sum((["--set", override] for override in overrides), [])
+
+
+def test_reference_command_trains_logs_checkpoints_and_resumes(tmp_path, subprocess_env):
+    config = tmp_path / "config.yaml"
+    config.write_text("env:\n  id: Pendulum-v1\ntraining:\n  learning_rate: 1e-3\n")
+    overrides = tiny_overrides(tmp_path, **{"training.total_steps": 300, "logging.progress": "auto"})
+    script = str(REPO_ROOT / "training" / "train_sac.py")
+    first = run([script, "--config", str(config), *set_flags(overrides)], subprocess_env)
+    assert first.returncode == 0, first.stderr
+    assert "starting: Pendulum-v1, 300 steps" in first.stdout
+    assert "step 300/300 (100%)" in first.stderr  # plain progress lines when not a terminal
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["sac_step_200.pt", "sac_step_300.pt"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert set(REQUIRED_SCALARS) <= tags, set(REQUIRED_SCALARS) - tags
+    assert all(np.isfinite(e.value) for e in events.Scalars("train/q_grad_norm"))
+
+    records = read_metrics(tmp_path / "run")
+    assert {r["step"] for r in records} == {100, 200, 300}
+    assert all(set(REQUIRED_SCALARS[:9]) <= set(r) for r in records if r["step"] in (200, 300) and "train/q_mean" in r)
+
+    more = tiny_overrides(tmp_path, **{"training.total_steps": 400, "logging.progress": "lines"})
+    resumed = run([script, "--config", str(config), "--resume", str(tmp_path / "checkpoints" / "sac_step_300.pt"),
+                   *set_flags(more)], subprocess_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 300" in resumed.stdout
+    assert (tmp_path / "checkpoints" / "sac_step_400.pt").exists()
+    assert max(r["step"] for r in read_metrics(tmp_path / "run")) == 400
+
+    evaluated = run(["-m", "dynsac.cli", "eval", str(tmp_path / "checkpoints" / "sac_step_400.pt"),
+                     "--episodes", "2"], subprocess_env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    lines = evaluated.stdout.splitlines()
+    assert "step 400" in lines[0] and lines[1].split() == ["episode", "return", "length"]
+    assert lines[2].split()[0] == "0" and lines[3].split()[0] == "1" and lines[4].startswith("    mean")
+
+
+def test_unknown_env_id_exits_2_with_suggestion(tmp_path, subprocess_env):
+    config = tmp_path / "c.yaml"
+    config.write_text("env:\n  id: Pendulm-v1\n")
+    result = run(["-m", "dynsac.cli", "train", "--config", str(config)], subprocess_env)
+    assert result.returncode == 2
+    assert "env.id = 'Pendulm-v1'" in result.stderr and "Pendulum" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env_id, kwargs, expected",
+    [
+        ("CartPole-v1", {}, "SAC needs a continuous action space"),
+        ("no_such_module_xyz:Env", {}, "cannot import module 'no_such_module_xyz'"),
+        ("dynsac.envs.random_pendulum:NoSuchEnv", {}, "has no attribute 'NoSuchEnv'"),
+        ("Pendulum-v1", {"no_such_kwarg": 1}, "env.kwargs = {'no_such_kwarg': 1} do not fit 'Pendulum-v1'"),
+    ],
+)
+def test_env_errors_name_the_problem(env_id, kwargs, expected):
+    with pytest.raises(EnvError, match=expected.replace("(", r"\(").replace("{", r"\{").replace("}", r"\}")):
+        make_env(env_id, kwargs)
+
+
+def test_module_class_env_id_with_kwargs():
+    env = make_env("dynsac.envs.random_pendulum:RandomPendulumEnv", {"split": "test"}, max_episode_steps=7)
+    env.reset(seed=0)
+    steps = 0
+    while not any(env.step(env.action_space.sample())[2:4]):
+        steps += 1
+    assert steps + 1 == 7
+
+
+class NaNObservationEnv(gym.Wrapper):
+    """Pendulum whose every 50th observation holds a NaN and an Inf."""
+
+    def __init__(self):
+        super().__init__(gym.make("Pendulum-v1"))
+        self.count = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.count += 1
+        if self.count % 50 == 0:
+            obs = obs.copy()
+            obs[0], obs[2] = np.nan, np.inf
+        return obs, reward, terminated, truncated, info
+
+
+def test_non_finite_observations_are_replaced_counted_and_logged(tmp_path, capsys):
+    config = load_config(None, tiny_overrides(tmp_path, **{"env.id": "test_training:NaNObservationEnv",
+                                                            "training.total_steps": 300}))
+    trainer = SACTrainer(config)
+    trainer.train()
+    assert trainer.sanitized_values == 2 * 6
+    assert np.isfinite(trainer.buffer.obs[:300].numpy()).all()
+    assert np.isfinite(trainer.buffer.next_obs[:300].numpy()).all()
+    assert "step 49: observation had 2 non-finite value(s); replaced by 0" in capsys.readouterr().out
+    records = read_metrics(tmp_path / "run")
+    assert any(r.get("event") == "sanitized_observation" for r in records)
+    assert [r["safety/sanitized_values"] for r in records if "safety/sanitized_values" in r][-1] == 12
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere():
+    class FakeTerminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, log = FakeTerminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = Progress(1000, "auto", interval_s=0.0, stream=stream)
+        progress.update(0)
+        progress.last_eval = -150.5
+        progress.update(500, force=True)
+        progress.close(1000)
+    assert "\r[##########..........] 500/1,000 (50%)" in terminal.getvalue()
+    assert "eval return -150.5" in terminal.getvalue() and terminal.getvalue().endswith("\n")
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines()[-1].startswith("step 1,000/1,000 (100%)")
+
+
+def test_already_finished_run_does_nothing(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.total_steps": 200}))
+    trainer.train()
+    before = sorted((tmp_path / "checkpoints").iterdir())
+    result = trainer.train()
+    assert result.steps == 200 and result.last_checkpoint is None
+    assert sorted((tmp_path / "checkpoints").iterdir()) == before
