@@ -199,9 +199,10 @@ def test_resume_changes_tunables(trained, tmp_path):
     assert trainer.step == 200
 
 
-def test_format_v1_fixture_loads_and_resumes(tmp_path):
-    """A checkpoint written by format 1 must keep loading (through MIGRATIONS) and resume."""
-    fixture = FIXTURES / "checkpoint_format_v1.pt"
+@pytest.mark.parametrize("version", range(1, FORMAT_VERSION + 1))
+def test_old_format_fixtures_load_and_resume(tmp_path, version):
+    """A checkpoint of every released format keeps loading (through MIGRATIONS) and resumes."""
+    fixture = FIXTURES / f"checkpoint_format_v{version}.pt"
     copy = tmp_path / "sac_step_150.pt"
     shutil.copy(fixture, copy)
     trainer = SACTrainer.from_checkpoint(copy, overrides=[
@@ -210,7 +211,7 @@ def test_format_v1_fixture_loads_and_resumes(tmp_path):
     assert trainer.step == 150
     result = trainer.train()
     assert result.steps == 200
-    assert fixture.read_bytes() == (FIXTURES / "checkpoint_format_v1.pt").read_bytes()
+    assert load_checkpoint(fixture)["format_version"] == FORMAT_VERSION
 
 
 def test_cli_resume_of_corrupt_checkpoint_exits_2_and_writes_nothing(trained, tmp_path, subprocess_env):
@@ -227,3 +228,8 @@ def test_cli_resume_of_corrupt_checkpoint_exits_2_and_writes_nothing(trained, tm
     assert "sac_step_100.pt: not a readable checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in good.parent.iterdir()} == before
+
+
+@pytest.mark.parametrize("version", range(1, FORMAT_VERSION + 1))
+def test_every_released_format_has_a_fixture(version):
+    assert (FIXTURES / f"checkpoint_format_v{version}.pt").exists()

@@ -44,7 +44,23 @@ class EnvConfig(_Section):
 class ContextConfig(_Section):
     """The dynamics map fed to the policy and critics."""
 
-    source: Literal["none"] = Field("none", description="Where the context comes from; `none` is plain SAC.")
+    source: Literal["none", "env", "learned"] = Field(
+        "none",
+        description="`none`: plain SAC; `env`: the env's `info['context']` or Dict observation "
+        "`{obs, context}`; `learned`: the dynamics-map encoder over the last transitions.",
+    )
+    dim: int = Field(10, ge=1, description="Size of the learned context vector (`learned` only).")
+    history_length: int = Field(10, ge=1, description="Transitions K in the encoder's window (`learned` only).")
+    encoder_hidden_sizes: list[int] = Field([256, 128, 64], min_length=1, description="Encoder layers.")
+    model_hidden_sizes: list[int] = Field(
+        [200, 200], min_length=1, description="Layers of the forward and backward dynamics predictors."
+    )
+    backward_weight: float = Field(0.5, ge=0, description="Weight of the backward prediction loss.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of encoder and predictors.")
+    critic_gradient: bool = Field(
+        False, description="Let the critic loss train the encoder too (PEARL-style)."
+    )
+    detach_policy: bool = Field(True, description="The policy sees a detached context (no actor gradient).")
 
 
 class TrainingParams(_Section):

@@ -56,10 +56,21 @@ def _import_class(env_id: str) -> type[gym.Env] | None:
     return env_class
 
 
+def observation_box(env: gym.Env) -> gym.spaces.Box:
+    """The observation space proper: the Box itself, or the "obs" entry of a Dict {"obs", "context"}."""
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Dict) and set(space.spaces) == {"obs", "context"}:
+        return space["obs"]
+    return space
+
+
 def check_spaces(env: gym.Env, env_id: str) -> None:
-    obs_space, action_space = env.observation_space, env.action_space
+    obs_space, action_space = observation_box(env), env.action_space
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise EnvError(f"env.id = {env_id!r}: observations must be a flat Box, got {obs_space}")
+        raise EnvError(
+            f"env.id = {env_id!r}: observations must be a flat Box (or a Dict of 'obs' and 'context' Boxes), "
+            f"got {env.observation_space}"
+        )
     if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
         raise EnvError(
             f"env.id = {env_id!r}: SAC needs a continuous action space (1-D Box), got {action_space}"

@@ -13,9 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.sac import losses
 from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
 from dynsac.sac.replay import Batch
+
+
+def _detached(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach()
 
 
 def grad_norm_and_clip(parameters: Iterable[nn.Parameter], max_norm: float | None) -> Tensor:
@@ -59,6 +64,10 @@ class SACAgent(nn.Module):
         max_grad_norm: float | None = None,
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
+        dynamics_map: DynamicsMap | None = None,
+        dynamics_map_lr: float = 1e-3,
+        critic_gradient_to_map: bool = False,
+        detach_policy_context: bool = True,
     ) -> None:
         super().__init__()
         self.gamma, self.tau, self.max_grad_norm = gamma, tau, max_grad_norm
@@ -75,15 +84,43 @@ class SACAgent(nn.Module):
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=actor_lr, **adam)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, **adam)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=alpha_lr, **adam)
+        self.dynamics_map = dynamics_map
+        self.critic_gradient_to_map, self.detach_policy_context = critic_gradient_to_map, detach_policy_context
+        self.map_optimizer = (
+            torch.optim.Adam(dynamics_map.parameters(), lr=dynamics_map_lr, **adam) if dynamics_map is not None else None
+        )
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "alpha": self.alpha_optimizer}
+        named = {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "alpha": self.alpha_optimizer}
+        if self.map_optimizer is not None:
+            named["dynamics_map"] = self.map_optimizer
+        return named
+
+    @torch.no_grad()
+    def acting_context(self, env_context: Any = None, window: Any = None, mask: Any = None) -> Tensor | None:
+        """Context (1, C) for acting in one env: the env's own vector, or the encoded window."""
+        device = self.log_alpha.device
+        if self.dynamics_map is not None:
+            window_t = torch.as_tensor(window, device=device).unsqueeze(0)
+            return self.dynamics_map.encode(window_t, torch.as_tensor(mask, device=device).unsqueeze(0))
+        if env_context is not None:
+            return torch.as_tensor(env_context, device=device).unsqueeze(0)
+        return None
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
-        """One SAC gradient step on `batch` (order as in Stable-Baselines3: alpha, critics, actor)."""
-        action_pi, log_prob_pi = self.policy.sample(batch.obs)
-        metrics: dict[str, Tensor] = {"entropy": -log_prob_pi.detach().mean()}
+        """One SAC gradient step on `batch` (order as in Stable-Baselines3: alpha, critics, actor),
+        plus the dynamics map's prediction step when the context is learned."""
+        metrics: dict[str, Tensor] = {}
+        context, next_context = batch.context, batch.next_context
+        if self.dynamics_map is not None:
+            context, next_context = self._learn_context(batch, metrics)
+        policy_context = context.detach() if context is not None and self.detach_policy_context else context
+        critic_context = context if self.critic_gradient_to_map else _detached(context)
+        next_context = _detached(next_context)
+
+        action_pi, log_prob_pi = self.policy.sample(batch.obs, policy_context)
+        metrics["entropy"] = -log_prob_pi.detach().mean()
 
         if self.auto_alpha:
             loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
@@ -92,25 +129,42 @@ class SACAgent(nn.Module):
         alpha = self.log_alpha.detach().exp()
 
         with torch.no_grad():
-            next_action, next_log_prob = self.policy.sample(batch.next_obs)
-            next_q = self.critic_target(batch.next_obs, next_action)
+            next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context)
+            next_q = self.critic_target(batch.next_obs, next_action, next_context)
             q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, next_log_prob, alpha, self.gamma)
-        q_pred = self.critic(batch.obs, batch.action)
+        q_pred = self.critic(batch.obs, batch.action, critic_context)
         loss_critic = losses.critic_loss(q_pred, q_target)
         metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
 
-        q_pi = self.critic(batch.obs, action_pi, detach_params=True)
+        q_pi = self.critic(batch.obs, action_pi, policy_context, detach_params=True)
         loss_actor = losses.actor_loss(q_pi, log_prob_pi, alpha)
         metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
 
+        if self.map_optimizer is not None:
+            # Last: the critic and actor losses may have added their gradients to the encoder's.
+            metrics["dynamics_map_grad_norm"] = grad_norm_and_clip(self.dynamics_map.parameters(), self.max_grad_norm)
+            self.map_optimizer.step()
         self.update_targets()
         metrics.update(losses.q_statistics(q_pred, q_target))
         metrics.update(critic_loss=loss_critic.detach(), actor_loss=loss_actor.detach(), alpha=alpha)
         return metrics
 
+    def _learn_context(self, batch: Batch, metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Encode both windows in one pass and backpropagate the prediction loss into the encoder
+        (its optimizer steps at the end of the update)."""
+        windows = torch.cat([batch.window, batch.next_window])
+        masks = torch.cat([batch.window_mask, batch.next_window_mask])
+        context, next_context = self.dynamics_map.encode(windows, masks).chunk(2)
+        loss, map_metrics = self.dynamics_map.prediction_loss(batch.obs, batch.action, batch.next_obs, context)
+        self.map_optimizer.zero_grad(set_to_none=True)
+        shared_graph = self.critic_gradient_to_map or not self.detach_policy_context
+        loss.backward(retain_graph=shared_graph)
+        metrics.update({f"dynamics_map_{name}": value for name, value in map_metrics.items()})
+        return context, next_context
+
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, parameters: Iterable[nn.Parameter]) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(retain_graph=self.critic_gradient_to_map and not self.detach_policy_context)
         norm = grad_norm_and_clip(list(parameters), self.max_grad_norm)
         optimizer.step()
         return norm

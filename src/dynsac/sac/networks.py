@@ -12,18 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dynsac.nn import mlp
+
 LOG_2 = math.log(2.0)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> nn.Sequential:
-    """Linear/ReLU stack; no activation after the last layer."""
-    layers: list[nn.Module] = []
-    for size in hidden_sizes:
-        layers += [nn.Linear(in_dim, size), nn.ReLU()]
-        in_dim = size
-    layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
 
 
 def with_context(x: Tensor, context: Tensor | None) -> Tensor:

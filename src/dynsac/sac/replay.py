@@ -14,10 +14,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dynsac.context.window import transition_features, window_indices
+
 
 @dataclass
 class Batch:
-    """A sampled minibatch; rewards are already scaled, actions are in [-1, 1]."""
+    """A sampled minibatch; rewards are already scaled, actions are in [-1, 1].
+
+    `context`/`next_context` hold the env's context (source `env`); `window`/`next_window` the
+    history windows (B, K, F) before s and before s' with their masks (source `learned`).
+    """
 
     obs: Tensor
     action: Tensor
@@ -25,15 +31,26 @@ class Batch:
     next_obs: Tensor
     terminated: Tensor
     index: Tensor
+    context: Tensor | None = None
+    next_context: Tensor | None = None
+    window: Tensor | None = None
+    window_mask: Tensor | None = None
+    next_window: Tensor | None = None
+    next_window_mask: Tensor | None = None
 
 
 class ReplayBuffer:
     """Circular buffer of single-env transitions."""
 
-    _FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode_id")
-
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device | str = "cpu") -> None:
-        self.capacity, self.obs_dim, self.action_dim = capacity, obs_dim, action_dim
+    def __init__(
+        self,
+        capacity: int,
+        obs_dim: int,
+        action_dim: int,
+        device: torch.device | str = "cpu",
+        context_dim: int = 0,
+    ) -> None:
+        self.capacity, self.obs_dim, self.action_dim, self.context_dim = capacity, obs_dim, action_dim, context_dim
         self.device = torch.device(device)
         make = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
         self.obs = make(capacity, obs_dim)
@@ -43,6 +60,11 @@ class ReplayBuffer:
         self.terminated = make(capacity)
         self.truncated = make(capacity, dtype=torch.bool)
         self.episode_id = make(capacity, dtype=torch.int64)
+        self._fields = ["obs", "action", "reward", "next_obs", "terminated", "truncated", "episode_id"]
+        if context_dim:
+            self.context = make(capacity, context_dim)
+            self.next_context = make(capacity, context_dim)
+            self._fields += ["context", "next_context"]
         self.position = 0  # next slot to write
         self.size = 0
 
@@ -58,8 +80,13 @@ class ReplayBuffer:
         terminated: bool,
         truncated: bool,
         episode_id: int,
+        context: np.ndarray | None = None,
+        next_context: np.ndarray | None = None,
     ) -> None:
         slot = self.position
+        if self.context_dim:
+            self.context[slot] = torch.as_tensor(context, dtype=torch.float32)
+            self.next_context[slot] = torch.as_tensor(next_context, dtype=torch.float32)
         self.obs[slot] = torch.as_tensor(obs, dtype=torch.float32)
         self.action[slot] = torch.as_tensor(action, dtype=torch.float32)
         self.reward[slot] = float(reward)
@@ -70,12 +97,14 @@ class ReplayBuffer:
         self.position = (slot + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        """Uniform sample with replacement (no host sync: indices are drawn on the buffer's device)."""
+    def sample(self, batch_size: int, history_length: int = 0, generator: torch.Generator | None = None) -> Batch:
+        """Uniform sample with replacement (no host sync: indices are drawn on the buffer's device).
+
+        With `history_length` K > 0 the batch carries the K-transition windows before s and s'."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
-        return Batch(
+        batch = Batch(
             obs=self.obs[index],
             action=self.action[index],
             reward=self.reward[index],
@@ -83,13 +112,29 @@ class ReplayBuffer:
             terminated=self.terminated[index],
             index=index,
         )
+        if self.context_dim:
+            batch.context, batch.next_context = self.context[index], self.next_context[index]
+        if history_length:
+            window, mask = self.windows(index, history_length)
+            batch.window, batch.window_mask = window[:, :-1], mask[:, :-1]
+            batch.next_window, batch.next_window_mask = window[:, 1:], mask[:, 1:]
+        return batch
+
+    def windows(self, index: Tensor, history_length: int) -> tuple[Tensor, Tensor]:
+        """Features (B, K+1, F) and mask (B, K+1) of the transitions ending at `index`, oldest first:
+        [:, :-1] is the window before s, [:, 1:] the window before s'."""
+        slots, valid = window_indices(
+            index, history_length + 1, self.episode_id, self.position, self.size, self.capacity, include_self=True
+        )
+        features = transition_features(self.obs[slots], self.action[slots], self.next_obs[slots])
+        return features, valid.to(features.dtype)
 
     def nbytes(self) -> int:
-        return sum(getattr(self, name).element_size() * getattr(self, name).nelement() for name in self._FIELDS)
+        return sum(getattr(self, name).element_size() * getattr(self, name).nelement() for name in self._fields)
 
     def state_dict(self) -> dict[str, Any]:
         """Only the filled part is saved, so a checkpoint's size follows the data, not the capacity."""
-        state: dict[str, Any] = {name: getattr(self, name)[: self.size].cpu().clone() for name in self._FIELDS}
+        state: dict[str, Any] = {name: getattr(self, name)[: self.size].cpu().clone() for name in self._fields}
         state.update(capacity=self.capacity, position=self.position, size=self.size)
         return state
 
@@ -97,7 +142,9 @@ class ReplayBuffer:
         """Restore a saved buffer. With the same capacity the layout is kept exactly (bit-exact
         resume); with another capacity the newest transitions are kept in chronological order."""
         size, saved_capacity = int(state["size"]), int(state["capacity"])
-        for name in self._FIELDS:
+        for name in self._fields:
+            if name not in state:
+                raise ValueError(f"replay buffer in checkpoint has no '{name}' field (saved with another context.source?)")
             stored, target = state[name], getattr(self, name)
             if stored.shape[0] != size or tuple(stored.shape[1:]) != tuple(target.shape[1:]):
                 raise ValueError(
@@ -107,7 +154,7 @@ class ReplayBuffer:
         same_layout = saved_capacity == self.capacity
         oldest = int(state["position"]) if size == saved_capacity else 0
         keep = min(size, self.capacity)
-        for name in self._FIELDS:
+        for name in self._fields:
             stored = state[name]
             if not same_layout:
                 stored = torch.roll(stored, -oldest, dims=0)[size - keep :]

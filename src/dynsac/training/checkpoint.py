@@ -19,11 +19,19 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
+
+
+def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 added the dynamics-map context: the per-env context state (window, env context)."""
+    payload["env"].setdefault("context", {"window": None, "env_context": None})
+    return payload
+
+
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 class CheckpointError(ValueError):

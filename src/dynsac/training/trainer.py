@@ -15,7 +15,8 @@ import torch
 
 from dynsac import __version__
 from dynsac.config import Config, ConfigError, validate_config, apply_override
-from dynsac.envs.factory import make_env
+from dynsac.context import ContextTracker, DynamicsMap, split_observation
+from dynsac.envs.factory import make_env, observation_box
 from dynsac.envs.state import capture_env_state, restore_env_state
 from dynsac.safety import sanitize_observation
 from dynsac.sac import GaussianPolicy, SACAgent
@@ -32,8 +33,11 @@ from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
 
 @dataclass
 class EvalResult:
+    """Deterministic-policy episode returns; `optimal_returns` where the env knows its optimum."""
+
     returns: list[float]
     lengths: list[int]
+    optimal_returns: list[float] | None = None
 
     @property
     def mean(self) -> float:
@@ -42,6 +46,17 @@ class EvalResult:
     @property
     def std(self) -> float:
         return float(np.std(self.returns))
+
+    @property
+    def optimal_mean(self) -> float | None:
+        return None if self.optimal_returns is None else float(np.mean(self.optimal_returns))
+
+    @property
+    def optimality_ratio(self) -> float | None:
+        """Optimal return / agent return, for negative-cost envs: 1.0 is optimal, 0.5 twice the cost."""
+        if self.optimal_returns is None:
+            return None
+        return float(np.sum(self.optimal_returns) / np.sum(self.returns))
 
 
 @dataclass
@@ -85,13 +100,16 @@ class SACTrainer:
 
         self.env = make_env(config.env.id, config.env.kwargs, config.env.max_episode_steps)
         self.env.action_space.seed(params.seed)
-        self.obs_dim = int(self.env.observation_space.shape[0])
+        self.obs_dim = int(observation_box(self.env).shape[0])
         self.action_dim = int(self.env.action_space.shape[0])
+        first_obs, first_env_context = split_observation(*self.env.reset(seed=params.seed))
+        self.context_dim = self._context_dim(first_env_context)
         self.agent = SACAgent(
             self.obs_dim,
             self.action_dim,
             actor_hidden_sizes=params.actor_layers,
             critic_hidden_sizes=params.critic_layers,
+            context_dim=self.context_dim,
             action_low=self.env.action_space.low,
             action_high=self.env.action_space.high,
             actor_lr=params.actor_lr,
@@ -105,17 +123,24 @@ class SACTrainer:
             max_grad_norm=params.max_grad_norm,
             log_std_min=params.log_std_min,
             log_std_max=params.log_std_max,
+            dynamics_map=self._build_dynamics_map(),
+            dynamics_map_lr=config.context.learning_rate,
+            critic_gradient_to_map=config.context.critic_gradient,
+            detach_policy_context=config.context.detach_policy,
         ).to(self.device)
         self._action_center = self.policy.action_center.cpu().numpy()
         self._action_half_range = self.policy.action_half_range.cpu().numpy()
-        self.buffer = ReplayBuffer(params.buffer_size, self.obs_dim, self.action_dim, self.device)
+        stored_context_dim = self.context_dim if config.context.source == "env" else 0
+        self.buffer = ReplayBuffer(params.buffer_size, self.obs_dim, self.action_dim, self.device, stored_context_dim)
+        self.tracker = self._new_tracker()
         self.warmup_rng = np.random.default_rng(params.seed)
 
         self.step = 0
         self.num_updates = 0
         self.episode = 0
         self.sanitized_values = 0
-        self._obs = self._sanitize(self.env.reset(seed=params.seed)[0])
+        self._obs = self._sanitize(first_obs)
+        self.tracker.reset(first_env_context)
         self._episode_return = 0.0
         self._episode_length = 0
         self._finished_returns: list[float] = []
@@ -129,22 +154,61 @@ class SACTrainer:
     def policy(self) -> GaussianPolicy:
         return self.agent.policy
 
+    def _context_dim(self, env_context: np.ndarray | None) -> int:
+        context = self.config.context
+        if context.source == "learned":
+            return context.dim
+        if context.source == "env":
+            ContextTracker("env", 1, 1, 1, self.config.env.id).reset(env_context)  # raises if missing
+            return int(env_context.shape[0])
+        return 0
+
+    def _build_dynamics_map(self) -> DynamicsMap | None:
+        context = self.config.context
+        if context.source != "learned":
+            return None
+        return DynamicsMap(
+            self.obs_dim,
+            self.action_dim,
+            context.dim,
+            context.history_length,
+            context.encoder_hidden_sizes,
+            context.model_hidden_sizes,
+            context.backward_weight,
+        )
+
+    def _new_tracker(self) -> ContextTracker:
+        context = self.config.context
+        return ContextTracker(context.source, context.history_length, self.obs_dim, self.action_dim, self.config.env.id)
+
+    def _acting_context(self, tracker: ContextTracker) -> torch.Tensor | None:
+        window = tracker.window
+        if window is None:
+            return self.agent.acting_context(env_context=tracker.env_context)
+        return self.agent.acting_context(window=window.features, mask=window.mask)
+
     # ----------------------------------------------------------------- acting and learning
     def collect_step(self) -> dict[str, Any]:
         """Act once (uniformly random during warm-up), store the transition, handle episode ends."""
         params = self.config.training
+        context = self._acting_context(self.tracker)
         if self.step < params.learning_starts:
             action = self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
         else:
             obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device).unsqueeze(0)
             with torch.no_grad():
-                action = self.policy.sample(obs)[0][0].cpu().numpy()
+                action = self.policy.sample(obs, context)[0][0].cpu().numpy()
         env_action = self._action_center + action * self._action_half_range
-        next_obs, reward, terminated, truncated, info = self.env.step(env_action)
+        raw_next_obs, reward, terminated, truncated, info = self.env.step(env_action)
+        next_obs, next_env_context = split_observation(raw_next_obs, info)
         next_obs = self._sanitize(next_obs)
         self.buffer.add(
-            self._obs, action, float(reward) * params.reward_scale, next_obs, terminated, truncated, self.episode
+            self._obs, action, float(reward) * params.reward_scale, next_obs, terminated, truncated, self.episode,
+            self.tracker.env_context, next_env_context,
         )
+        if self.agent.dynamics_map is not None:
+            self.agent.dynamics_map.observe(*(torch.as_tensor(x, device=self.device) for x in (self._obs, action, next_obs)))
+        self.tracker.record(self._obs, action, next_obs, next_env_context)
         self.step += 1
         self._episode_return += float(reward)
         self._episode_length += 1
@@ -156,13 +220,17 @@ class SACTrainer:
             self._finished_lengths.append(self._episode_length)
             self.episode += 1
             self._episode_return, self._episode_length = 0.0, 0
-            next_obs = self._sanitize(self.env.reset()[0])
+            next_obs, env_context = split_observation(*self.env.reset())
+            next_obs = self._sanitize(next_obs)
+            self.tracker.reset(env_context)
         self._obs = next_obs
         return result
 
     def update(self) -> dict[str, torch.Tensor]:
         """One gradient step on a uniformly sampled batch; metrics stay on the device."""
-        batch = self.buffer.sample(self.config.training.batch_size)
+        context = self.config.context
+        history = context.history_length if context.source == "learned" else 0
+        batch = self.buffer.sample(self.config.training.batch_size, history)
         metrics = self.agent.update(batch)
         self.metrics.add(metrics)
         self.num_updates += 1
@@ -194,22 +262,38 @@ class SACTrainer:
                 kwargs = {**env_cfg.kwargs, **env_cfg.eval_kwargs}
                 self.eval_env = make_env(env_cfg.id, kwargs, env_cfg.max_episode_steps)
             env = self.eval_env
-        returns, lengths = [], []
+        returns, lengths, optimal = [], [], []
+        knows_optimum = hasattr(env.unwrapped, "optimal_return")
         for episode in range(episodes):
-            obs, _ = env.reset(seed=self.config.training.seed + 1_000_000 + episode)
-            total, length, done = 0.0, 0, False
-            while not done:
-                obs_tensor = torch.as_tensor(self._clean(obs), device=self.device).unsqueeze(0)
-                action = self.policy.act(obs_tensor, deterministic=True)[0].cpu().numpy()
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                length += 1
-                done = terminated or truncated
+            seed = self.config.training.seed + 1_000_000 + episode
+            total, length = self._run_episode(env, seed)
             returns.append(total)
             lengths.append(length)
+            if knows_optimum:
+                optimal.append(float(env.unwrapped.optimal_return(seed=seed)))
         if env is not self.eval_env:
             env.close()
-        return EvalResult(returns, lengths)
+        return EvalResult(returns, lengths, optimal if knows_optimum else None)
+
+    def _run_episode(self, env, seed: int) -> tuple[float, int]:
+        tracker = self._new_tracker()
+        obs, env_context = split_observation(*env.reset(seed=seed))
+        obs = self._clean(obs)
+        tracker.reset(env_context)
+        total, length, done = 0.0, 0, False
+        while not done:
+            obs_tensor = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+            with torch.no_grad():
+                action = self.policy.deterministic(obs_tensor, self._acting_context(tracker))[0].cpu().numpy()
+            raw_obs, reward, terminated, truncated, info = env.step(self._action_center + action * self._action_half_range)
+            next_obs, env_context = split_observation(raw_obs, info)
+            next_obs = self._clean(next_obs)
+            tracker.record(obs, action, next_obs, env_context)
+            obs = next_obs
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+        return total, length
 
     def _clean(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
@@ -309,8 +393,12 @@ class SACTrainer:
     def _log_evaluation(self, progress: Progress) -> EvalResult:
         result = self.evaluate()
         progress.last_eval = result.mean
-        self.logger.log(self.step, {"eval/return_mean": result.mean, "eval/return_std": result.std,
-                                    "eval/episode_length": float(np.mean(result.lengths))})
+        scalars = {"eval/return_mean": result.mean, "eval/return_std": result.std,
+                   "eval/episode_length": float(np.mean(result.lengths))}
+        if result.optimal_returns is not None:
+            scalars["eval/optimal_return_mean"] = result.optimal_mean
+            scalars["eval/optimality_ratio"] = result.optimality_ratio
+        self.logger.log(self.step, scalars)
         return result
 
     # ----------------------------------------------------------------- checkpoints
@@ -357,6 +445,7 @@ class SACTrainer:
                 "obs": self._obs.tolist(),
                 "episode_return": self._episode_return,
                 "episode_length": self._episode_length,
+                "context": self.tracker.state_dict(),
             },
             "counters": {"sanitized_values": self.sanitized_values},
         }
@@ -413,6 +502,7 @@ class SACTrainer:
             self._obs = self._sanitize(self.env.reset()[0])
             return
         self._obs = np.asarray(env_state["obs"], dtype=np.float32)
+        self.tracker.load_state_dict(env_state["context"])
         self._episode_return = env_state["episode_return"]
         self._episode_length = env_state["episode_length"]
 
