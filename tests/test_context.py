@@ -1,0 +1,176 @@
+"""The dynamics map: windows rebuilt from the buffer, encoder and losses, each context source."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from dynsac import SACTrainer
+from dynsac.config import load_config
+from dynsac.context import ContextError, DynamicsMap, HistoryWindow, RunningNormalizer
+from dynsac.sac.replay import ReplayBuffer
+from dynsac.training.logger import read_metrics
+
+from conftest import tiny_overrides
+
+
+def random_episodes(buffer, rng, lengths, window_length, obs_dim=3, action_dim=2):
+    """Fill the buffer with episodes of the given lengths, recording the acting-time windows."""
+    seen = {}  # buffer slot -> (window features, mask) the agent saw before acting there
+    episode_id = 0
+    for length in lengths:
+        window = HistoryWindow(window_length, obs_dim, action_dim)
+        obs = rng.normal(size=obs_dim).astype(np.float32)
+        for t in range(length):
+            action = rng.uniform(-1, 1, action_dim).astype(np.float32)
+            next_obs = rng.normal(size=obs_dim).astype(np.float32)
+            slot = buffer.position
+            seen[slot] = (window.features.copy(), window.mask.copy())
+            buffer.add(obs, action, 0.0, next_obs, False, t == length - 1, episode_id)
+            window.push(obs, action, next_obs)
+            obs = next_obs
+        episode_id += 1
+    return seen
+
+
+@pytest.mark.parametrize("capacity", [1000, 37])  # 37: the buffer wraps around several times
+def test_windows_from_buffer_equal_windows_seen_while_acting(capacity):
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(capacity, 3, 2)
+    seen = random_episodes(buffer, rng, [3, 12, 1, 25, 7, 4], window_length=5)
+    index = torch.arange(len(buffer))
+    features, mask = buffer.windows(index, 5)
+    for row, slot in enumerate(index.tolist()):
+        acted_features, acted_mask = seen[slot]
+        retained_before = (slot - (buffer.position if len(buffer) == capacity else 0)) % capacity
+        # Transitions older than the buffer's oldest one are gone: the rebuilt window may only be
+        # shorter there, never different.
+        expected_mask = acted_mask.copy()
+        expected_mask[: max(0, 5 - retained_before)] = 0.0
+        assert mask[row, :-1].numpy().tolist() == expected_mask.tolist(), slot
+        rebuilt = features[row, :-1].numpy() * expected_mask[:, None]
+        np.testing.assert_array_equal(rebuilt, acted_features * expected_mask[:, None])
+        assert mask[row, -1] == 1.0  # the next-state window ends with the transition itself
+
+
+def test_next_window_is_the_window_shifted_by_the_transition():
+    rng = np.random.default_rng(1)
+    buffer = ReplayBuffer(100, 3, 2)
+    random_episodes(buffer, rng, [8, 8], window_length=4)
+    batch = buffer.sample(64, history_length=4)
+    np.testing.assert_array_equal(batch.next_window[:, :-1].numpy(), batch.window[:, 1:].numpy())
+    last = torch.cat([batch.obs, batch.action, batch.next_obs - batch.obs], -1)
+    np.testing.assert_allclose(batch.next_window[:, -1].numpy(), last.numpy())
+
+
+def test_window_memory_stays_within_plain_transitions():
+    buffer = ReplayBuffer(10_000, 17, 6)
+    plain = 10_000 * 4 * (17 + 6 + 1 + 17 + 1)  # obs, action, reward, next_obs, terminated (float32)
+    assert buffer.nbytes() <= 1.2 * plain
+
+
+def test_running_normalizer_matches_numpy():
+    normalizer = RunningNormalizer(3)
+    data = np.random.default_rng(0).normal(5.0, 3.0, size=(500, 3))
+    for chunk in np.array_split(data, 7):
+        normalizer.update(torch.as_tensor(chunk))
+    np.testing.assert_allclose(normalizer.mean.numpy(), data.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(normalizer.std.numpy(), np.sqrt(data.var(0) + 1e-6), rtol=1e-8)
+
+
+def test_encoder_ignores_padding_and_prediction_losses_train():
+    torch.manual_seed(0)
+    dynamics_map = DynamicsMap(3, 2, context_dim=4, history_length=5, encoder_hidden_sizes=(32,),
+                               model_hidden_sizes=(32,))
+    window, mask = torch.randn(2, 5, 8), torch.tensor([[0, 0, 1, 1, 1]] * 2, dtype=torch.float32)
+    window[1, :2] = 1e6  # garbage in padded slots must not matter
+    context = dynamics_map.encode(window, mask)
+    assert context.shape == (2, 4)
+    padded_with_zeros = torch.cat([torch.zeros(1, 2, 8), window[1:, 2:]], 1)
+    torch.testing.assert_close(context[1:], dynamics_map.encode(padded_with_zeros, mask[1:]))
+    # A linear system whose gain is written in the window: the context must make prediction possible.
+    optimizer = torch.optim.Adam(dynamics_map.parameters(), lr=3e-3)
+    for step in range(300):
+        gain = torch.rand(64, 1) * 2
+        obs, action = torch.randn(64, 3), torch.rand(64, 2) * 2 - 1
+        next_obs = obs + gain * action[:, :1]
+        history_obs, history_action = torch.randn(64, 5, 3), torch.rand(64, 5, 2) * 2 - 1
+        history_next = history_obs + gain.unsqueeze(1) * history_action[:, :, :1]
+        history = torch.cat([history_obs, history_action, history_next - history_obs], -1)
+        dynamics_map.observe(obs, action, next_obs)
+        loss, metrics = dynamics_map.prediction_loss(obs, action, next_obs,
+                                                     dynamics_map.encode(history, torch.ones(64, 5)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step == 0:
+            first = metrics["forward_loss"].item()
+    assert metrics["forward_loss"].item() < 0.2 * first
+
+
+@pytest.mark.parametrize("source", ["none", "env", "learned"])
+def test_short_training_run_with_each_context_source(tmp_path, source):
+    config = load_config(None, tiny_overrides(tmp_path, **{
+        "env.id": "dynsac/RandomPendulum-v0", "context.source": source, "context.encoder_hidden_sizes": "[32]",
+        "context.model_hidden_sizes": "[32]", "context.history_length": 4, "context.dim": 3,
+        "training.total_steps": 300}))
+    trainer = SACTrainer(config)
+    result = trainer.train()
+    assert result.steps == 300 and np.isfinite(result.final_eval.mean)
+    expected_dim = {"none": 0, "env": 2, "learned": 3}[source]
+    assert trainer.context_dim == expected_dim
+    assert trainer.agent.policy.net[0].in_features == 3 + expected_dim
+    records = [r for r in read_metrics(tmp_path / "run") if "train/q_mean" in r]
+    assert records
+    if source == "learned":
+        assert {"train/dynamics_map_forward_loss", "train/dynamics_map_backward_loss"} <= set(records[-1])
+    if source == "env":
+        stored = trainer.buffer.context[: len(trainer.buffer)].numpy()
+        assert ((stored >= 0.75) & (stored <= 1.25)).all() and len(np.unique(stored[:, 0])) > 1
+
+
+def test_learned_context_resume_is_bit_exact(tmp_path):
+    overrides = {"env.id": "dynsac/RandomPendulum-v0", "context.source": "learned", "context.history_length": 4,
+                 "context.encoder_hidden_sizes": "[16]", "context.model_hidden_sizes": "[16]",
+                 "training.eval_interval": 0}
+    straight = SACTrainer(load_config(None, tiny_overrides(tmp_path / "a", **overrides)))
+    straight.train()
+    first = SACTrainer(load_config(None, tiny_overrides(tmp_path / "b", **{**overrides, "training.total_steps": 250})))
+    first.train()
+    resumed = SACTrainer.from_checkpoint(tmp_path / "b" / "checkpoints" / "sac_step_250.pt",
+                                         load_config(None, tiny_overrides(tmp_path / "b", **overrides)))
+    resumed.train()
+    for (name, a), b in zip(straight.agent.state_dict().items(), resumed.agent.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+class DictContextPendulum(gym.Env):
+    """Pendulum-v1 returning CARL-style Dict observations {"obs", "context"}."""
+
+    def __init__(self):
+        self.inner = gym.make("dynsac/RandomPendulum-v0")
+        self.action_space = self.inner.action_space
+        self.observation_space = gym.spaces.Dict({"obs": self.inner.observation_space,
+                                                  "context": self.inner.unwrapped.context_space})
+
+    def reset(self, seed=None, options=None):
+        obs, info = self.inner.reset(seed=seed)
+        return {"obs": obs, "context": info.pop("context")}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        return {"obs": obs, "context": info.pop("context")}, reward, terminated, truncated, info
+
+
+def test_env_context_from_dict_observations(tmp_path):
+    config = load_config(None, tiny_overrides(tmp_path, **{"env.id": "test_context:DictContextPendulum",
+                                                            "context.source": "env", "training.total_steps": 150}))
+    trainer = SACTrainer(config)
+    trainer.train()
+    assert trainer.context_dim == 2 and trainer.obs_dim == 3
+
+
+def test_env_source_without_context_is_a_clear_error(tmp_path):
+    config = load_config(None, tiny_overrides(tmp_path, **{"context.source": "env"}))
+    with pytest.raises(ContextError, match="context.source = 'env', but env.id = 'Pendulum-v1' provides no context"):
+        SACTrainer(config)
