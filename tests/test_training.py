@@ -66,8 +66,9 @@ def test_reference_command_trains_logs_checkpoints_and_resumes(tmp_path, subproc
                      "--episodes", "2"], subprocess_env)
     assert evaluated.returncode == 0, evaluated.stderr
     lines = evaluated.stdout.splitlines()
-    assert "step 400" in lines[0] and lines[1].split() == ["episode", "return", "length"]
-    assert lines[2].split()[0] == "0" and lines[3].split()[0] == "1" and lines[4].startswith("    mean")
+    assert "step 400" in lines[0] and lines[1].split() == ["split", "episode", "return", "length"]
+    assert lines[2].split()[:2] == ["eval", "0"] and lines[3].split()[:2] == ["eval", "1"]
+    assert lines[4].split()[:2] == ["eval", "mean"]
 
 
 def test_unknown_env_id_exits_2_with_suggestion(tmp_path, subprocess_env):
@@ -157,3 +158,19 @@ def test_already_finished_run_does_nothing(tmp_path, tiny_config):
     result = trainer.train()
     assert result.steps == 200 and result.last_checkpoint is None
     assert sorted((tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_eval_reports_optimum_on_train_and_test_dynamics(tmp_path, tiny_config, capsys):
+    from dynsac.cli import main
+
+    trainer = SACTrainer(tiny_config(**{"env.id": "dynsac/RandomLinear-v0", "training.total_steps": 150}))
+    trainer.train()
+    assert main(["eval", str(tmp_path / "checkpoints" / "sac_step_150.pt"), "--episodes", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["split", "episode", "return", "length", "optimal", "ratio"]
+    rows = {(line.split()[0], line.split()[1]): line.split() for line in lines[2:8]}
+    assert set(rows) == {(s, e) for s in ("train", "test") for e in ("0", "1", "mean")}
+    for split in ("train", "test"):
+        agent, optimal, ratio = (float(rows[(split, "0")][i].replace(",", "")) for i in (2, 4, 5))
+        assert optimal < 0 and agent < 0 and ratio == pytest.approx(optimal / agent, abs=1e-3)
+        assert ratio <= 1.0 + 1e-6  # LQR is optimal

@@ -87,19 +87,47 @@ def report(result) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from dynsac.envs.factory import accepts_kwarg
     from dynsac.training import SACTrainer
 
     if args.episodes is not None and args.episodes < 1:
         print(f"dynsac: error: --episodes = {args.episodes}: must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     trainer = SACTrainer.from_checkpoint(args.checkpoint, overrides=args.overrides)
-    result = trainer.evaluate(args.episodes)
-    print(f"{Path(args.checkpoint).name}: {trainer.config.env.id}, step {trainer.step:,}, deterministic policy")
-    print(f"{'episode':>8} {'return':>16} {'length':>8}")
-    for index, (episode_return, length) in enumerate(zip(result.returns, result.lengths)):
-        print(f"{index:>8} {episode_return:>16,.2f} {length:>8}")
-    print(f"{'mean':>8} {result.mean:>16,.2f}   (std {result.std:,.2f}, {len(result.returns)} episodes)")
+    env_cfg = trainer.config.env
+    if accepts_kwarg(trainer.env, "split") and "split" not in env_cfg.eval_kwargs:
+        splits = {"train": {**env_cfg.eval_kwargs, "split": "train"}, "test": {**env_cfg.eval_kwargs, "split": "test"}}
+    else:
+        splits = {"eval": None}
+    results = {name: trainer.evaluate(args.episodes, kwargs) for name, kwargs in splits.items()}
+    episodes = len(next(iter(results.values())).returns)
+    print(f"{Path(args.checkpoint).name}: {env_cfg.id}, step {trainer.step:,}, deterministic policy, "
+          f"{episodes} episodes per split")
+    print(format_eval_table(results))
     return 0
+
+
+def format_eval_table(results) -> str:
+    """One row per episode and a mean row per split; optimum and ratio where the env knows them."""
+    with_optimum = any(r.optimal_returns is not None for r in results.values())
+    header = f"{'split':<6} {'episode':>7} {'return':>16} {'length':>7}"
+    if with_optimum:
+        header += f" {'optimal':>16} {'ratio':>7}"
+    lines = [header]
+    for split, result in results.items():
+        optimal = result.optimal_returns or [None] * len(result.returns)
+        for index, (ret, length, best) in enumerate(zip(result.returns, result.lengths, optimal)):
+            line = f"{split:<6} {index:>7} {ret:>16,.2f} {length:>7}"
+            if best is not None:
+                line += f" {best:>16,.2f} {best / ret:>7.3f}"
+            lines.append(line)
+        line = f"{split:<6} {'mean':>7} {result.mean:>16,.2f} {sum(result.lengths) / len(result.lengths):>7.1f}"
+        if result.optimal_returns is not None:
+            line += f" {result.optimal_mean:>16,.2f} {result.optimality_ratio:>7.3f}"
+        lines.append(line + f"   (std {result.std:,.2f})")
+    if with_optimum:
+        lines.append("ratio = optimal return / agent return (costs): 1.000 is optimal")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,11 @@ def check_spaces(env: gym.Env, env_id: str) -> None:
         )
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
         raise EnvError(f"env.id = {env_id!r}: action bounds must be finite for a tanh policy, got {action_space}")
+
+
+def accepts_kwarg(env: gym.Env, name: str) -> bool:
+    """Whether the env's class takes constructor keyword `name` (e.g. `split` for train/test dynamics)."""
+    try:
+        return name in inspect.signature(type(env.unwrapped).__init__).parameters
+    except (TypeError, ValueError):
+        return False
