@@ -48,4 +48,5 @@ def tiny_config(tmp_path: Path):
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # tests run side by side on 2 cores: no thread oversubscription
     return env

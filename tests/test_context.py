@@ -123,7 +123,9 @@ def test_short_training_run_with_each_context_source(tmp_path, source):
     records = [r for r in read_metrics(tmp_path / "run") if "train/q_mean" in r]
     assert records
     if source == "learned":
-        assert {"train/dynamics_map_forward_loss", "train/dynamics_map_backward_loss"} <= set(records[-1])
+        assert {"dynamics_map/forward_loss", "dynamics_map/backward_loss", "dynamics_map/grad_norm"} <= set(records[-1])
+    if source != "none":
+        assert {"context/mean", "context/std", "context/abs_max"} <= set(records[-1])
     if source == "env":
         stored = trainer.buffer.context[: len(trainer.buffer)].numpy()
         assert ((stored >= 0.75) & (stored <= 1.25)).all() and len(np.unique(stored[:, 0])) > 1
@@ -174,3 +176,31 @@ def test_env_source_without_context_is_a_clear_error(tmp_path):
     config = load_config(None, tiny_overrides(tmp_path, **{"context.source": "env"}))
     with pytest.raises(ContextError, match="context.source = 'env', but env.id = 'Pendulum-v1' provides no context"):
         SACTrainer(config)
+
+
+def test_encoder_gradient_options_change_what_trains_the_encoder(tmp_path):
+    """Default: only the prediction loss trains the encoder. `critic_gradient` (PEARL-style) adds the
+    critic loss's gradient, `detach_policy: false` the actor loss's: same state and batch, other result."""
+    import copy
+
+    config = load_config(None, tiny_overrides(tmp_path, **{
+        "env.id": "dynsac/RandomPendulum-v0", "context.source": "learned", "context.encoder_hidden_sizes": "[16]",
+        "context.model_hidden_sizes": "[16]", "context.history_length": 3}))
+    trainer = SACTrainer(config)
+    for _ in range(120):
+        trainer.collect_step()
+    batch = trainer.buffer.sample(16, 3)
+
+    def encoder_after_update(critic_gradient, detach_policy):
+        agent = copy.deepcopy(trainer.agent)
+        agent.critic_gradient_to_map, agent.detach_policy_context = critic_gradient, detach_policy
+        torch.manual_seed(0)
+        metrics = agent.update(batch)
+        assert all(torch.isfinite(value) for value in metrics.values())
+        return torch.cat([p.detach().flatten() for p in agent.dynamics_map.encoder.parameters()])
+
+    default = encoder_after_update(False, True)
+    assert torch.equal(default, encoder_after_update(False, True))
+    assert not torch.equal(default, encoder_after_update(True, True))
+    assert not torch.equal(default, encoder_after_update(False, False))
+    assert torch.isfinite(encoder_after_update(True, False)).all()

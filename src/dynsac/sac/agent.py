@@ -19,6 +19,11 @@ from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
 from dynsac.sac.replay import Batch
 
 
+def context_statistics(context: Tensor) -> dict[str, Tensor]:
+    context = context.detach()
+    return {"context/mean": context.mean(), "context/std": context.std(), "context/abs_max": context.abs().max()}
+
+
 def _detached(tensor: Tensor | None) -> Tensor | None:
     return None if tensor is None else tensor.detach()
 
@@ -115,6 +120,8 @@ class SACAgent(nn.Module):
         context, next_context = batch.context, batch.next_context
         if self.dynamics_map is not None:
             context, next_context = self._learn_context(batch, metrics)
+        if context is not None:
+            metrics.update(context_statistics(context))
         policy_context = context.detach() if context is not None and self.detach_policy_context else context
         critic_context = context if self.critic_gradient_to_map else _detached(context)
         next_context = _detached(next_context)
@@ -142,7 +149,7 @@ class SACAgent(nn.Module):
 
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.
-            metrics["dynamics_map_grad_norm"] = grad_norm_and_clip(self.dynamics_map.parameters(), self.max_grad_norm)
+            metrics["dynamics_map/grad_norm"] = grad_norm_and_clip(self.dynamics_map.parameters(), self.max_grad_norm)
             self.map_optimizer.step()
         self.update_targets()
         metrics.update(losses.q_statistics(q_pred, q_target))
@@ -159,7 +166,7 @@ class SACAgent(nn.Module):
         self.map_optimizer.zero_grad(set_to_none=True)
         shared_graph = self.critic_gradient_to_map or not self.detach_policy_context
         loss.backward(retain_graph=shared_graph)
-        metrics.update({f"dynamics_map_{name}": value for name, value in map_metrics.items()})
+        metrics.update({f"dynamics_map/{name}": value for name, value in map_metrics.items()})
         return context, next_context
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, parameters: Iterable[nn.Parameter]) -> Tensor:

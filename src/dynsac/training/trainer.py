@@ -379,7 +379,8 @@ class SACTrainer:
         now, step, updates = time.monotonic(), self.step, self.num_updates
         last_time, last_step, last_updates = self._log_clock
         self._log_clock = (now, step, updates)
-        scalars = {f"train/{name}": value for name, value in self.metrics.pop_means().items()}
+        # Names that carry their own group ("context/mean", "dynamics_map/forward_loss") keep it.
+        scalars = {name if "/" in name else f"train/{name}": value for name, value in self.metrics.pop_means().items()}
         elapsed = max(now - last_time, 1e-9)
         scalars["perf/steps_per_sec"] = (step - last_step) / elapsed
         scalars["perf/updates_per_sec"] = (updates - last_updates) / elapsed
