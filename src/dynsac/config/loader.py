@@ -112,19 +112,6 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{path} = {error.get('input')!r}: {message}"
 
 
-def _field_info(loc: tuple[Any, ...]) -> Any:
-    model: type[BaseModel] = Config
-    field = None
-    for part in loc:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        model = field.annotation  # type: ignore[assignment]
-    return field
-
-
 def _allowed_range(loc: tuple[Any, ...]) -> str:
     """Render a field's numeric bounds, e.g. '0 < value <= 1'."""
     field = _field_info(loc)
@@ -145,14 +132,26 @@ def _allowed_range(loc: tuple[Any, ...]) -> str:
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
     """Suggest the closest field name of the section the unknown key sits in."""
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return ""
-        model = annotation
-    valid = sorted(model.model_fields)
+    section = _section_model(loc[:-1])
+    if section is None:
+        return ""
+    valid = sorted(section.model_fields)
     close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"{hint} (valid keys here: {', '.join(valid)})"
+
+
+def _section_model(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class at a path of section names (() is the whole Config)."""
+    model: Any = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        model = getattr(field, "annotation", None)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def _field_info(loc: tuple[Any, ...]) -> Any:
+    section = _section_model(loc[:-1]) if loc else None
+    return None if section is None else section.model_fields.get(str(loc[-1]))
