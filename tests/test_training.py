@@ -11,6 +11,7 @@ import pytest
 from dynsac import SACTrainer
 from dynsac.config import load_config
 from dynsac.envs import EnvError, make_env
+from dynsac.training import CheckpointError
 from dynsac.training.logger import Progress, read_metrics
 
 from conftest import REPO_ROOT, tiny_overrides
@@ -174,3 +175,11 @@ def test_eval_reports_optimum_on_train_and_test_dynamics(tmp_path, tiny_config, 
         agent, optimal, ratio = (float(rows[(split, "0")][i].replace(",", "")) for i in (2, 4, 5))
         assert optimal < 0 and agent < 0 and ratio == pytest.approx(optimal / agent, abs=1e-3)
         assert ratio <= 1.0 + 1e-6  # LQR is optimal
+
+
+def test_fresh_run_refuses_another_runs_log_folder(tmp_path, tiny_config):
+    SACTrainer(tiny_config(**{"training.total_steps": 100, "training.checkpoint_interval": 0})).train()
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="logging.dir = .* already holds another run's metrics.jsonl"):
+        SACTrainer(tiny_config(**{"training.checkpoint_interval": 0})).train()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

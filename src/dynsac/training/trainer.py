@@ -28,7 +28,7 @@ from dynsac.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
+from dynsac.training.logger import METRICS_FILE, MetricAccumulator, Progress, RunLogger
 
 
 @dataclass
@@ -310,6 +310,7 @@ class SACTrainer:
                   f"raise training.total_steps to train further")
             return TrainResult(self.step, 0.0, None, None)
         self._check_checkpoint_dir()
+        self._check_run_dir()
         resumed = self.step > 0
         self.logger = RunLogger(log_cfg.dir, log_cfg.tensorboard, resume_step=self.step if resumed else None)
         progress = Progress(total, log_cfg.progress, log_cfg.progress_interval_s)
@@ -418,6 +419,15 @@ class SACTrainer:
             f"from another run; {what} would overwrite them. Continue that run with:\n  {resume_command(newest)}\n"
             f"or start afresh elsewhere: --set training.checkpoint_dir=NEW_DIR --set logging.dir=NEW_RUN_DIR"
         )
+
+    def _check_run_dir(self) -> None:
+        """A fresh run never mixes its metrics into another run's folder."""
+        metrics = Path(self.config.logging.dir) / METRICS_FILE
+        if self.step == 0 and metrics.exists() and metrics.stat().st_size > 0:
+            raise CheckpointError(
+                f"logging.dir = {self.config.logging.dir!r} already holds another run's {METRICS_FILE}; "
+                f"start afresh elsewhere with --set logging.dir=NEW_RUN_DIR (or resume that run)"
+            )
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         path = path or checkpoint_path(self.config.training.checkpoint_dir, self.step)
