@@ -191,13 +191,12 @@ class SACTrainer:
     def collect_step(self) -> dict[str, Any]:
         """Act once (uniformly random during warm-up), store the transition, handle episode ends."""
         params = self.config.training
-        context = self._acting_context(self.tracker)
         if self.step < params.learning_starts:
             action = self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
         else:
             obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device).unsqueeze(0)
             with torch.no_grad():
-                action = self.policy.sample(obs, context)[0][0].cpu().numpy()
+                action = self.policy.sample(obs, self._acting_context(self.tracker))[0][0].cpu().numpy()
         env_action = self._action_center + action * self._action_half_range
         raw_next_obs, reward, terminated, truncated, info = self.env.step(env_action)
         next_obs, next_env_context = split_observation(raw_next_obs, info)
