@@ -149,6 +149,9 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere():
     assert "\r[##########..........] 500/1,000 (50%)" in terminal.getvalue()
     assert "eval return -150.5" in terminal.getvalue() and terminal.getvalue().endswith("\n")
     assert "\r" not in log.getvalue()
+    progress = Progress(100, "lines", stream=log)
+    progress.last_eval, progress.last_eval_ratio = -4000.0, 0.8
+    assert "eval return -4,000.0 (0.80 of optimum)" in progress.describe(50, progress._start_time + 1)
     assert log.getvalue().splitlines()[-1].startswith("step 1,000/1,000 (100%)")
 
 

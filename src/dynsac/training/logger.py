@@ -113,6 +113,7 @@ class Progress:
         self._start_step: int | None = None
         self._last_print = 0.0
         self.last_eval: float | None = None
+        self.last_eval_ratio: float | None = None  # optimal / agent return, where the env knows it
 
     def update(self, step: int, force: bool = False) -> None:
         if self.mode == "off":
@@ -140,6 +141,8 @@ class Progress:
         fraction = step / self.total if self.total else 1.0
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         eval_text = f"{self.last_eval:,.1f}" if self.last_eval is not None else "-"
+        if self.last_eval_ratio is not None:
+            eval_text += f" ({self.last_eval_ratio:.2f} of optimum)"
         if self.mode == "bar":
             filled = int(20 * fraction)
             head = f"[{'#' * filled}{'.' * (20 - filled)}]"

@@ -393,7 +393,7 @@ class SACTrainer:
 
     def _log_evaluation(self, progress: Progress) -> EvalResult:
         result = self.evaluate()
-        progress.last_eval = result.mean
+        progress.last_eval, progress.last_eval_ratio = result.mean, result.optimality_ratio
         scalars = {"eval/return_mean": result.mean, "eval/return_std": result.std,
                    "eval/episode_length": float(np.mean(result.lengths))}
         if result.optimal_returns is not None:
