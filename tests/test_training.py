@@ -186,3 +186,10 @@ def test_fresh_run_refuses_another_runs_log_folder(tmp_path, tiny_config):
     with pytest.raises(CheckpointError, match="logging.dir = .* already holds another run's metrics.jsonl"):
         SACTrainer(tiny_config(**{"training.checkpoint_interval": 0})).train()
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_openmp_workers_sleep_unless_the_user_chose(subprocess_env):
+    code = "import os, dynsac, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in subprocess_env.items() if k != "OMP_WAIT_POLICY"}
+    assert run(["-c", code], env).stdout.strip() == "PASSIVE"
+    assert run(["-c", code], {**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip() == "ACTIVE"
