@@ -10,7 +10,7 @@ from torch.distributions.transforms import TanhTransform
 
 from dynsac.sac import losses
 from dynsac.sac.agent import SACAgent, grad_norm_and_clip
-from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, tanh_log_det_jacobian
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, soft_clamp, tanh_log_det_jacobian
 from dynsac.sac.replay import ReplayBuffer
 
 
@@ -67,10 +67,18 @@ def test_tanh_correction_is_finite_when_saturated():
 
 def test_log_std_bounds_are_smooth():
     policy = GaussianPolicy(2, 1, (8,), log_std_min=-5, log_std_max=2)
-    with torch.no_grad():
-        policy.net[-1].bias.fill_(1e4)
-    _, log_std = policy(torch.zeros(1, 2))
-    assert log_std.max().item() <= 2.0 and log_std.min().item() >= -5.0
+    for bias in (1e4, -1e4):
+        with torch.no_grad():
+            policy.net[-1].bias.fill_(bias)
+        _, log_std = policy(torch.zeros(1, 2))
+        # softplus(7) exceeds 7 by log(1 + e^-7): the bounds hold to within 1e-3
+        assert -5.0 <= log_std.min().item() and log_std.max().item() <= 2.0 + 1e-3
+    raw = torch.tensor([-8.0, -1.0, 0.0, 1.0, 1.9], requires_grad=True)
+    bounded = soft_clamp(raw, -5.0, 2.0)
+    assert bounded[2].item() == pytest.approx(0.0, abs=0.15)  # a fresh policy starts near std 1
+    assert abs(bounded[1].item() - -1.0) < 0.06 and abs(bounded[3].item() - 1.0) < 0.35
+    bounded.sum().backward()
+    assert (raw.grad > 0).all()  # gradients stay alive even beyond the bounds
 
 
 def test_actions_rescaled_to_env_bounds():

@@ -22,6 +22,17 @@ def with_context(x: Tensor, context: Tensor | None) -> Tensor:
     return x if context is None or context.shape[-1] == 0 else torch.cat([x, context], dim=-1)
 
 
+def soft_clamp(x: Tensor, low: float, high: float) -> Tensor:
+    """Identity well inside [low, high], smooth near the bounds, never beyond them (to within
+    log(1 + exp(low - high)), 1e-3 for the default bounds).
+
+    Unlike a hard clamp, gradients stay alive at the limits; unlike a tanh rescaling, a freshly
+    initialised policy starts at log_std ~ 0 (std ~ 1), the usual SAC starting exploration.
+    """
+    x = high - nn.functional.softplus(high - x)
+    return low + nn.functional.softplus(x - low)
+
+
 def tanh_log_det_jacobian(pre_tanh: Tensor) -> Tensor:
     """log(1 - tanh(u)^2), summed over the last dim, in a form that stays finite for any |u|.
 
@@ -61,9 +72,7 @@ class GaussianPolicy(nn.Module):
     def forward(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the pre-tanh Gaussian."""
         mu, raw_log_std = self.net(with_context(obs, context)).chunk(2, dim=-1)
-        # Smooth bounds: tanh keeps gradients alive near the limits, unlike a hard clamp.
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw_log_std) + 1)
-        return mu, log_std
+        return mu, soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
 
     def sample(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterised action in [-1, 1] and its log-probability (tanh correction included)."""
