@@ -11,7 +11,7 @@ README = (REPO_ROOT / "README.md").read_text()
 
 def test_config_reference_matches_schema():
     section = README.split("<!-- config-reference:start -->\n")[1].split("<!-- config-reference:end -->")[0]
-    assert section == config_reference(), "regenerate with: python -m dynsac.config.reference"
+    assert section == config_reference(), "regenerate with: python -m dynsac.config.reference --update README.md"
 
 
 def test_ci_runs_the_readme_test_command():

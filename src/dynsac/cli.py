@@ -1,6 +1,7 @@
 """Command line: `dynsac train | resume | eval`.
 
-Exit status: 0 done, 2 bad input (config, checkpoint, env), 130 interrupted (checkpoint saved).
+Exit status: 0 done, 2 bad input (config, checkpoint, env), 3 stopped by the safety policy
+(emergency checkpoint and diagnosis written), 130 interrupted (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_SAFETY_STOP = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -83,6 +85,8 @@ def report(result) -> int:
               f"eval return {result.final_eval.mean:,.2f} +/- {result.final_eval.std:,.2f}")
     if result.last_checkpoint is not None:
         print(f"[dynsac] last checkpoint: {result.last_checkpoint}")
+    if result.stop_reason is not None:
+        return EXIT_SAFETY_STOP
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 

@@ -1,12 +1,14 @@
 """Render the config reference (every field, its default and meaning) as Markdown.
 
-`python -m dynsac.config.reference` prints it; the README's config reference is this output, and a
-test keeps the two identical.
+`python -m dynsac.config.reference` prints it; `... --update README.md` rewrites the README's
+section between the config-reference markers (a test keeps the two identical).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -26,5 +28,18 @@ def config_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+
+
+def update_readme(path: Path) -> None:
+    text = path.read_text()
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(head + START + config_reference() + END + tail)
+
+
 if __name__ == "__main__":
-    print(config_reference(), end="")
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        update_readme(Path(sys.argv[2]))
+    else:
+        print(config_reference(), end="")

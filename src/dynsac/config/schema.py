@@ -155,8 +155,20 @@ class SafetyConfig(_Section):
     """Numerical safety."""
 
     sanitize_inputs: bool = Field(
-        True, description="Replace non-finite observations from the env by zeros (counted and logged)."
+        True, description="Replace non-finite observations and rewards from the env by zeros (counted and logged)."
     )
+    skip_nonfinite_gradients: bool = Field(
+        True, description="Never apply an optimizer step whose gradient norm is NaN/Inf (counted)."
+    )
+    on_nonfinite: Literal["rollback", "stop"] = Field(
+        "rollback",
+        description="After an update leaves NaN/Inf in parameters or optimizer state: restore the last "
+        "good state and continue (`rollback`), or stop with an emergency checkpoint and diagnosis (`stop`).",
+    )
+    snapshot_interval: int = Field(1000, ge=1, description="Updates between in-memory snapshots of the last good state.")
+    rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="Learning rates are multiplied by this at each rollback.")
+    max_rollbacks: int = Field(5, ge=0, description="More rollbacks than this within `rollback_window` steps: stop.")
+    rollback_window: int = Field(10_000, ge=1, description="Env steps over which rollbacks are counted.")
 
 
 class LoggingConfig(_Section):

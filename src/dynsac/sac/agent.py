@@ -90,6 +90,8 @@ class SACAgent(nn.Module):
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, **adam)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=alpha_lr, **adam)
         self.dynamics_map = dynamics_map
+        self.skip_nonfinite_gradients = True
+        self.skipped_steps = 0  # optimizer steps refused because their gradient was non-finite
         self.critic_gradient_to_map, self.detach_policy_context = critic_gradient_to_map, detach_policy_context
         self.map_optimizer = (
             torch.optim.Adam(dynamics_map.parameters(), lr=dynamics_map_lr, **adam) if dynamics_map is not None else None
@@ -149,8 +151,12 @@ class SACAgent(nn.Module):
 
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.
-            metrics["dynamics_map/grad_norm"] = grad_norm_and_clip(self.dynamics_map.parameters(), self.max_grad_norm)
-            self.map_optimizer.step()
+            norm = grad_norm_and_clip(list(self.dynamics_map.parameters()), self.max_grad_norm)
+            metrics["dynamics_map/grad_norm"] = norm
+            if self.skip_nonfinite_gradients and not bool(torch.isfinite(norm)):
+                self.skipped_steps += 1
+            else:
+                self.map_optimizer.step()
         self.update_targets()
         metrics.update(losses.q_statistics(q_pred, q_target))
         metrics.update(critic_loss=loss_critic.detach(), actor_loss=loss_actor.detach(), alpha=alpha)
@@ -173,6 +179,12 @@ class SACAgent(nn.Module):
         optimizer.zero_grad(set_to_none=True)
         loss.backward(retain_graph=self.critic_gradient_to_map and not self.detach_policy_context)
         norm = grad_norm_and_clip(list(parameters), self.max_grad_norm)
+        # A non-finite gradient is never applied: Adam would spread it into every weight and its
+        # moment estimates. (One host sync per optimizer step; negligible on CPU.)
+        if self.skip_nonfinite_gradients and not bool(torch.isfinite(norm)):
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return norm
         optimizer.step()
         return norm
 
@@ -180,10 +192,26 @@ class SACAgent(nn.Module):
     def update_targets(self) -> None:
         torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
 
-    def set_learning_rates(self, actor: float, critic: float, alpha: float) -> None:
-        for optimizer, lr in zip(self.optimizers.values(), (actor, critic, alpha)):
+    def set_learning_rates(self, actor: float, critic: float, alpha: float, dynamics_map: float | None = None) -> None:
+        for optimizer, lr in zip(self.optimizers.values(), (actor, critic, alpha, dynamics_map)):
             for group in optimizer.param_groups:
                 group["lr"] = lr
+
+    def scale_learning_rates(self, factor: float) -> None:
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+
+    def learning_rates(self) -> dict[str, float]:
+        return {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
+
+    def state_tensors(self) -> list[Tensor]:
+        """Every parameter, buffer and optimizer-state tensor: what must stay finite."""
+        tensors = [t for t in self.state_dict().values() if t.is_floating_point()]
+        for optimizer in self.optimizers.values():
+            for state in optimizer.state.values():
+                tensors += [v for k, v in state.items() if isinstance(v, Tensor) and k != "step"]
+        return tensors
 
     def full_state_dict(self) -> dict[str, Any]:
         """Networks, targets, log-alpha and optimizer states."""

@@ -1,5 +1,15 @@
-"""Numerical safety: finite-value guards on what enters the learner."""
+"""Numerical safety: finite-value guards, non-finite reports, rollback to the last good state."""
 
-from dynsac.safety.guards import sanitize_observation
+from dynsac.safety.guards import sanitize_observation, sanitize_reward
+from dynsac.safety.nonfinite import NonFiniteReport, all_finite, find_nonfinite, named_state_tensors
+from dynsac.safety.recovery import RecoveryManager
 
-__all__ = ["sanitize_observation"]
+__all__ = [
+    "NonFiniteReport",
+    "RecoveryManager",
+    "all_finite",
+    "find_nonfinite",
+    "named_state_tensors",
+    "sanitize_observation",
+    "sanitize_reward",
+]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import random
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +20,15 @@ from dynsac.config import Config, ConfigError, validate_config, apply_override
 from dynsac.context import ContextTracker, DynamicsMap, split_observation
 from dynsac.envs.factory import make_env, observation_box
 from dynsac.envs.state import capture_env_state, restore_env_state
-from dynsac.safety import sanitize_observation
+from dynsac.safety import (
+    NonFiniteReport,
+    RecoveryManager,
+    all_finite,
+    find_nonfinite,
+    named_state_tensors,
+    sanitize_observation,
+    sanitize_reward,
+)
 from dynsac.sac import GaussianPolicy, SACAgent
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training.checkpoint import (
@@ -67,6 +77,7 @@ class TrainResult:
     last_checkpoint: Path | None
     interrupted: bool = False
     eval_history: list[tuple[int, float]] = field(default_factory=list)
+    stop_reason: str | None = None  # set when the safety policy stopped the run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,6 +144,13 @@ class SACTrainer:
         stored_context_dim = self.context_dim if config.context.source == "env" else 0
         self.buffer = ReplayBuffer(params.buffer_size, self.obs_dim, self.action_dim, self.device, stored_context_dim)
         self.tracker = self._new_tracker()
+        safety = config.safety
+        self.agent.skip_nonfinite_gradients = safety.skip_nonfinite_gradients
+        self.recovery = RecoveryManager(
+            safety.snapshot_interval, safety.rollback_lr_factor, safety.max_rollbacks, safety.rollback_window
+        )
+        self.stop_reason: str | None = None
+        self.rollbacks = 0
         self.warmup_rng = np.random.default_rng(params.seed)
 
         self.step = 0
@@ -201,6 +219,7 @@ class SACTrainer:
         raw_next_obs, reward, terminated, truncated, info = self.env.step(env_action)
         next_obs, next_env_context = split_observation(raw_next_obs, info)
         next_obs = self._sanitize(next_obs)
+        reward = self._sanitize_reward(float(reward))
         self.buffer.add(
             self._obs, action, float(reward) * params.reward_scale, next_obs, terminated, truncated, self.episode,
             self.tracker.env_context, next_env_context,
@@ -230,10 +249,83 @@ class SACTrainer:
         context = self.config.context
         history = context.history_length if context.source == "learned" else 0
         batch = self.buffer.sample(self.config.training.batch_size, history)
+        self.recovery.maybe_snapshot(self.agent, self.step, self.num_updates)
         metrics = self.agent.update(batch)
-        self.metrics.add(metrics)
         self.num_updates += 1
+        if not bool(all_finite(self.agent.state_tensors())):
+            self._handle_nonfinite(batch)
+            return metrics
+        self.metrics.add(metrics)
         return metrics
+
+    def _check_for_nans(self) -> list[NonFiniteReport]:
+        """Every parameter, buffer and optimizer-state tensor (policy, critics, targets, log-alpha,
+        dynamics map) holding NaN/Inf, named by module path, with counts and finite-part statistics."""
+        return find_nonfinite(named_state_tensors(self.agent, self.agent.optimizers))
+
+    def _handle_nonfinite(self, batch) -> None:
+        """Name what went non-finite, then roll back to the last good state (dropping this batch) or stop."""
+        reports = self._check_for_nans()
+        lines = [report.describe() for report in reports[:8]]
+        more = f" (and {len(reports) - 8} more tensors)" if len(reports) > 8 else ""
+        message = f"step {self.step}, update {self.num_updates}: non-finite values after the update in " + "; ".join(lines) + more
+        print(f"[dynsac] warning: {message}", flush=True)
+        self._event("nonfinite", message, tensors=[r.name for r in reports])
+        if self.config.safety.on_nonfinite == "stop":
+            self._stop_gracefully(message, reports)
+            return
+        self.recovery.rollback(self.agent, self.step)
+        self.rollbacks = self.recovery.total_rollbacks
+        if self.recovery.should_stop(self.step):
+            self._stop_gracefully(message + f"; {self.recovery.total_rollbacks} rollbacks within "
+                                  f"{self.config.safety.rollback_window} steps", reports)
+            return
+        rates = ", ".join(f"{k} {v:.3g}" for k, v in self.agent.learning_rates().items())
+        note = (f"rolled back to the state of step {self.recovery.snapshot_step} and dropped the batch; "
+                f"learning rates lowered to {rates}")
+        print(f"[dynsac] {note}", flush=True)
+        self._event("rollback", note, learning_rates=self.agent.learning_rates())
+
+    def _stop_gracefully(self, message: str, reports: list[NonFiniteReport]) -> None:
+        """Restore the last good state, save it as an emergency checkpoint, write a diagnosis, stop."""
+        if self.recovery.snapshot is not None:
+            self.agent.load_full_state_dict(copy.deepcopy(self.recovery.snapshot))
+        folder = Path(self.config.training.checkpoint_dir)
+        emergency = save_checkpoint(self.state_dict(), folder / f"sac_step_{self.step}_emergency.pt")
+        diagnosis = {
+            "step": self.step,
+            "update": self.num_updates,
+            "message": message,
+            "nonfinite_tensors": [asdict(report) for report in reports],
+            "last_good_state_step": self.recovery.snapshot_step,
+            "emergency_checkpoint": str(emergency),
+            "rollbacks": self.recovery.total_rollbacks,
+            "learning_rates": self.agent.learning_rates(),
+        }
+        Path(self.config.logging.dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.config.logging.dir) / "diagnosis.json").write_text(json.dumps(diagnosis, indent=2))
+        self.stop_reason = (
+            f"{message}\nstopped (safety.on_nonfinite = {self.config.safety.on_nonfinite!r}, "
+            f"{self.recovery.total_rollbacks} rollbacks); last good state saved to {emergency}\n"
+            f"resume with: dynsac resume {emergency} --set training.learning_rate=LOWER"
+        )
+        self._event("stopped", self.stop_reason, emergency_checkpoint=str(emergency))
+        self._stop_requested = True
+
+    def _event(self, kind: str, message: str, **details: Any) -> None:
+        if self.logger is not None:
+            self.logger.event(self.step, kind, message, **details)
+
+    def _sanitize_reward(self, reward: float) -> float:
+        if not self.config.safety.sanitize_inputs:
+            return reward
+        clean, replaced = sanitize_reward(reward)
+        if replaced:
+            self.sanitized_values += 1
+            message = f"step {self.step}: reward {reward} is not finite; replaced by 0"
+            print(f"[dynsac] warning: {message}", flush=True)
+            self._event("sanitized_reward", message)
+        return clean
 
     def _sanitize(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
@@ -322,7 +414,8 @@ class SACTrainer:
                 self.collect_step()
                 if self.step >= params.learning_starts:
                     for _ in range(params.updates_per_step):
-                        self.update()
+                        if self.stop_reason is None:
+                            self.update()
                 if self.step % log_cfg.log_interval == 0:
                     self._log_training()
                 if params.eval_interval and self.step % params.eval_interval == 0:
@@ -335,13 +428,17 @@ class SACTrainer:
         if not interrupted and (not eval_history or eval_history[-1][0] != self.step):
             final_eval = self._log_evaluation(progress)
             eval_history.append((self.step, final_eval.mean))
-        if params.checkpoint_interval and (last_checkpoint is None or not last_checkpoint.name.endswith(f"_{self.step}.pt")):
+        saved_this_step = last_checkpoint is not None and last_checkpoint.name.endswith(f"_{self.step}.pt")
+        if params.checkpoint_interval and not saved_this_step and self.stop_reason is None:
             last_checkpoint = self.save_checkpoint()
         progress.close(self.step)
         self.logger.close()
-        if interrupted and last_checkpoint is not None:
+        if self.stop_reason is not None:
+            print(f"[dynsac] {self.stop_reason}", flush=True)
+        elif interrupted and last_checkpoint is not None:
             print(f"[dynsac] interrupted at step {self.step}; resume with:\n  {resume_command(last_checkpoint)}")
-        return TrainResult(self.step, time.monotonic() - start, final_eval, last_checkpoint, interrupted, eval_history)
+        return TrainResult(self.step, time.monotonic() - start, final_eval, last_checkpoint, interrupted,
+                           eval_history, self.stop_reason)
 
     def _announce(self, total: int, resumed: bool) -> None:
         if self.config.logging.progress == "off":
@@ -389,6 +486,8 @@ class SACTrainer:
             scalars["train/episode_length"] = float(np.mean(self._finished_lengths))
             self._finished_returns, self._finished_lengths = [], []
         scalars["safety/sanitized_values"] = float(self.sanitized_values)
+        scalars["safety/skipped_updates"] = float(self.agent.skipped_steps)
+        scalars["safety/rollbacks"] = float(self.rollbacks)
         self.logger.log(step, scalars)
 
     def _log_evaluation(self, progress: Progress) -> EvalResult:
@@ -484,7 +583,7 @@ class SACTrainer:
                 f"{source}: its networks do not match this config (hidden sizes changed?): {str(err).splitlines()[0]}"
             ) from None
         params = self.config.training
-        self.agent.set_learning_rates(params.actor_lr, params.critic_lr, params.alpha_lr)
+        self.agent.set_learning_rates(params.actor_lr, params.critic_lr, params.alpha_lr, self.config.context.learning_rate)
         self.agent.tau, self.agent.gamma, self.agent.max_grad_norm = params.tau, params.gamma, params.max_grad_norm
         if state["buffer"] is not None:
             try:

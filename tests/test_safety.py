@@ -1,0 +1,165 @@
+"""Fault injection: the run never dies of NaN, says where it came from, and recovers."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from dynsac import SACTrainer
+from dynsac.config import load_config
+from dynsac.safety import RecoveryManager, find_nonfinite
+from dynsac.sac.replay import ReplayBuffer
+from dynsac.training import load_checkpoint
+from dynsac.training.logger import read_metrics
+
+from conftest import tiny_overrides
+
+
+def events(tmp_path, kind):
+    return [r for r in read_metrics(tmp_path / "run") if r.get("event") == kind]
+
+
+def all_checkpoints_load(tmp_path):
+    for path in (tmp_path / "checkpoints").glob("*.pt"):
+        payload = load_checkpoint(path)
+        assert not find_nonfinite((k, v) for k, v in payload["agent"]["modules"].items()), path
+
+
+def test_check_for_nans_names_parameter_counts_and_statistics(tiny_config):
+    trainer = SACTrainer(tiny_config())
+    assert trainer._check_for_nans() == []
+    with torch.no_grad():
+        weight = trainer.agent.critic.weights[1]
+        weight[0, 0, :3] = float("nan")
+        weight[1, 2, 5] = float("inf")
+    (report,) = trainer._check_for_nans()
+    assert report.name == "critic.weights.1"
+    assert (report.nan_count, report.inf_count, report.numel) == (3, 1, weight.numel())
+    finite = weight[torch.isfinite(weight)].double()
+    assert report.finite_max == pytest.approx(finite.max().item()) and report.finite_std == pytest.approx(finite.std().item())
+    assert "critic.weights.1: 3 NaN, 1 Inf of 2048" in report.describe()
+
+
+def test_optimizer_state_is_checked_too(tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.learning_starts": 40, "training.batch_size": 8}))
+    for _ in range(45):
+        trainer.collect_step()
+    trainer.update()
+    state = trainer.agent.critic_optimizer.state[trainer.agent.critic.weights[0]]
+    state["exp_avg_sq"][0, 0, 0] = float("inf")
+    names = [r.name for r in trainer._check_for_nans()]
+    assert names == ["optimizer.critic[critic.weights.0].exp_avg_sq"]
+
+
+def test_weight_set_to_nan_mid_run_rolls_back_and_finishes(tmp_path, tiny_config, capsys):
+    trainer = SACTrainer(tiny_config(**{"safety.snapshot_interval": 50}))
+    trainer.train(250)
+    with torch.no_grad():
+        trainer.agent.critic.weights[1][0, 0, 0] = float("nan")
+    result = trainer.train(400)
+    assert result.steps == 400 and result.stop_reason is None
+    assert trainer._check_for_nans() == []
+    assert trainer.rollbacks >= 1
+    (nonfinite, *_) = events(tmp_path, "nonfinite")
+    assert "critic.weights.1" in nonfinite["message"] and nonfinite["step"] == 251
+    rollback = events(tmp_path, "rollback")[0]
+    assert "rolled back to the state of step" in rollback["message"]
+    assert rollback["learning_rates"]["critic"] == pytest.approx(3e-4 * 0.5)
+    assert np.isfinite(result.final_eval.mean)
+    all_checkpoints_load(tmp_path)
+
+
+def test_stop_policy_writes_emergency_checkpoint_and_diagnosis(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"safety.on_nonfinite": "stop", "safety.snapshot_interval": 50}))
+    trainer.train(250)
+    with torch.no_grad():
+        trainer.agent.policy.net[2].weight[0, 0] = float("inf")
+    result = trainer.train(400)
+    assert result.stop_reason is not None and result.steps == 251
+    emergency = tmp_path / "checkpoints" / "sac_step_251_emergency.pt"
+    assert str(emergency) in result.stop_reason
+    payload = load_checkpoint(emergency)
+    assert not find_nonfinite(payload["agent"]["modules"].items())
+    diagnosis = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
+    assert diagnosis["nonfinite_tensors"][0]["name"].startswith("policy.net.2.weight")
+    assert diagnosis["emergency_checkpoint"] == str(emergency)
+    all_checkpoints_load(tmp_path)
+
+
+def test_cli_exit_status_3_on_safety_stop(tmp_path, subprocess_env):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    config = tmp_path / "c.yaml"
+    config.write_text("")
+    # A learning rate of 1.0 with rewards of 1e30: the critics overflow within a few updates.
+    overrides = tiny_overrides(tmp_path, **{"training.learning_rate": 1.0, "training.reward_scale": 1e30,
+                                            "safety.on_nonfinite": "stop", "safety.skip_nonfinite_gradients": False})
+    command = [sys.executable, str(REPO_ROOT / "training" / "train_sac.py"), "--config", str(config),
+               *sum((["--set", o] for o in overrides), [])]
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env, timeout=300)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "non-finite values after the update" in result.stdout and "resume with: dynsac resume" in result.stdout
+
+
+def test_inf_gradient_is_skipped_never_applied(tiny_config):
+    trainer = SACTrainer(tiny_config())
+    agent = trainer.agent
+    buffer = ReplayBuffer(10, 3, 1)
+    for _ in range(4):
+        buffer.add(np.zeros(3), np.zeros(1), float("inf"), np.zeros(3), False, False, 0)
+    critic_before = [p.clone() for p in agent.critic.parameters()]
+    metrics = agent.update(buffer.sample(4))
+    assert not torch.isfinite(metrics["q_grad_norm"])
+    assert agent.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(critic_before, agent.critic.parameters()))
+    assert not find_nonfinite(agent.named_parameters())
+
+
+class BadRewardsEnv(gym.Wrapper):
+    """Pendulum whose reward is +Inf every 40th step and NaN every 70th."""
+
+    def __init__(self):
+        super().__init__(gym.make("Pendulum-v1"))
+        self.count = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.count += 1
+        if self.count % 40 == 0:
+            reward = float("inf")
+        elif self.count % 70 == 0:
+            reward = float("nan")
+        return obs, reward, terminated, truncated, info
+
+
+def test_non_finite_rewards_are_replaced_and_reported(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"env.id": "test_safety:BadRewardsEnv", "training.total_steps": 300}))
+    result = trainer.train()
+    assert result.steps == 300 and trainer.rollbacks == 0
+    assert torch.isfinite(trainer.buffer.reward[:300]).all()
+    assert len(events(tmp_path, "sanitized_reward")) == 7 + 3  # step 280 is an Inf one
+    all_checkpoints_load(tmp_path)
+
+
+def test_learning_rate_of_one_finishes_its_steps(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.learning_rate": 1.0}))
+    result = trainer.train()
+    assert result.steps == 400 and result.stop_reason is None
+    assert trainer._check_for_nans() == []
+    all_checkpoints_load(tmp_path)
+
+
+def test_recovery_stops_after_too_many_rollbacks(tiny_config):
+    trainer = SACTrainer(tiny_config())
+    manager = RecoveryManager(snapshot_interval=10, lr_factor=0.5, max_rollbacks=2, window_steps=100)
+    manager.take_snapshot(trainer.agent, step=0)
+    for step in (10, 20, 30):
+        manager.rollback(trainer.agent, step)
+    assert manager.should_stop(30)
+    assert not manager.should_stop(125)  # the window has moved past the first two
+    assert trainer.agent.learning_rates()["actor"] == pytest.approx(3e-4 / 8)
