@@ -163,3 +163,54 @@ def test_recovery_stops_after_too_many_rollbacks(tiny_config):
     assert manager.should_stop(30)
     assert not manager.should_stop(125)  # the window has moved past the first two
     assert trainer.agent.learning_rates()["actor"] == pytest.approx(3e-4 / 8)
+
+
+def interval(**values):
+    return {f"train/{k}" if not k.startswith("context") else k.replace("_", "/", 1): v for k, v in values.items()}
+
+
+HEALTHY = dict(q_grad_clipped=0.1, policy_grad_clipped=0.0, policy_grad_norm=0.5, actor_loss=3.0, alpha=0.2,
+               log_std_at_bound=0.0, log_std_mean=-1.0, q_max_abs=50.0, q_std=10.0)
+
+
+@pytest.mark.parametrize(
+    "change, kind",
+    [
+        (dict(q_grad_clipped=0.95), "critic_grad_at_clip_limit"),
+        (dict(policy_grad_clipped=1.0), "policy_grad_at_clip_limit"),
+        (dict(policy_grad_norm=0.0), "actor_gradient_zero"),
+        (dict(log_std_at_bound=1.0, log_std_mean=2.0), "log_std_pinned"),
+        (dict(alpha=5e3), "alpha_runaway"),
+        (dict(alpha=1e-8), "alpha_collapse"),
+        (dict(q_max_abs=5e4), "q_growth"),
+        (dict(q_std=5e3), "q_std_explosion"),
+        (dict(context_abs_max=80.0), "context_jump"),
+    ],
+)
+def test_early_warning_signs(change, kind):
+    from dynsac.safety import EarlyWarningMonitor
+
+    monitor = EarlyWarningMonitor()
+    for step in (1000, 2000):
+        assert monitor.check(step, interval(**HEALTHY, context_abs_max=3.0)) == []
+    warnings = monitor.check(3000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
+    assert [w.kind for w in warnings] == [kind]
+    # the same sign is not repeated every interval
+    repeated = monitor.check(4000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
+    assert kind not in [w.kind for w in repeated]
+    assert f"{kind} x1 (first at step 3,000)" in monitor.summary()
+
+
+def test_saturated_policy_is_reported_during_a_run(tmp_path, tiny_config, capsys):
+    """A policy pushed into saturation: the actor gradient vanishes and the warning names it."""
+    trainer = SACTrainer(tiny_config(**{"training.total_steps": 300, "training.learning_rate": 1e-12}))
+    trainer.train(150)
+    with torch.no_grad():
+        trainer.agent.policy.net[-1].bias[0] = 1e4   # mu = 1e4: tanh(mu) == 1 exactly in float32
+        trainer.agent.policy.net[-1].bias[1] = 1e4   # log_std at its upper bound
+    trainer.train(300)
+    out = capsys.readouterr().out
+    # steps 200 and 300 are logging points; the interval ending at 300 is entirely saturated
+    assert "early warning at step 300" in out and "log-std entries sit at a bound" in out
+    kinds = {r["event"] for r in read_metrics(tmp_path / "run") if "event" in r}
+    assert "warning/log_std_pinned" in kinds and "warning_summary" in kinds

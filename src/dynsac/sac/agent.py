@@ -19,6 +19,12 @@ from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
 from dynsac.sac.replay import Batch
 
 
+def log_std_statistics(log_std: Tensor, low: float, high: float, margin: float = 0.05) -> dict[str, Tensor]:
+    """Mean log-std and the fraction of entries pinned within `margin` of a bound."""
+    pinned = (log_std >= high - margin) | (log_std <= low + margin)
+    return {"log_std_mean": log_std.mean(), "log_std_at_bound": pinned.double().mean()}
+
+
 def context_statistics(context: Tensor) -> dict[str, Tensor]:
     context = context.detach()
     return {"context/mean": context.mean(), "context/std": context.std(), "context/abs_max": context.abs().max()}
@@ -128,8 +134,9 @@ class SACAgent(nn.Module):
         critic_context = context if self.critic_gradient_to_map else _detached(context)
         next_context = _detached(next_context)
 
-        action_pi, log_prob_pi = self.policy.sample(batch.obs, policy_context)
+        action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(batch.obs, policy_context)
         metrics["entropy"] = -log_prob_pi.detach().mean()
+        metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
 
         if self.auto_alpha:
             loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
@@ -144,10 +151,14 @@ class SACAgent(nn.Module):
         q_pred = self.critic(batch.obs, batch.action, critic_context)
         loss_critic = losses.critic_loss(q_pred, q_target)
         metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
+        if self.max_grad_norm is not None:
+            metrics["q_grad_clipped"] = (metrics["q_grad_norm"] >= self.max_grad_norm).double()
 
         q_pi = self.critic(batch.obs, action_pi, policy_context, detach_params=True)
         loss_actor = losses.actor_loss(q_pi, log_prob_pi, alpha)
         metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
+        if self.max_grad_norm is not None:
+            metrics["policy_grad_clipped"] = (metrics["policy_grad_norm"] >= self.max_grad_norm).double()
 
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.

@@ -76,11 +76,16 @@ class GaussianPolicy(nn.Module):
 
     def sample(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterised action in [-1, 1] and its log-probability (tanh correction included)."""
+        action, log_prob, _ = self.sample_with_log_std(obs, context)
+        return action, log_prob
+
+    def sample_with_log_std(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """`sample`, plus the log standard deviations it used (for monitoring)."""
         mu, log_std = self(obs, context)
         noise = torch.randn_like(mu)
         pre_tanh = mu + noise * log_std.exp()
         gaussian_log_prob = (-0.5 * noise.square() - log_std - LOG_SQRT_2PI).sum(-1)
-        return torch.tanh(pre_tanh), gaussian_log_prob - tanh_log_det_jacobian(pre_tanh)
+        return torch.tanh(pre_tanh), gaussian_log_prob - tanh_log_det_jacobian(pre_tanh), log_std
 
     def deterministic(self, obs: Tensor, context: Tensor | None = None) -> Tensor:
         """The mode's action in [-1, 1] (tanh of the mean)."""

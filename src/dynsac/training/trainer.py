@@ -21,6 +21,7 @@ from dynsac.context import ContextTracker, DynamicsMap, split_observation
 from dynsac.envs.factory import make_env, observation_box
 from dynsac.envs.state import capture_env_state, restore_env_state
 from dynsac.safety import (
+    EarlyWarningMonitor,
     NonFiniteReport,
     RecoveryManager,
     all_finite,
@@ -151,6 +152,7 @@ class SACTrainer:
         )
         self.stop_reason: str | None = None
         self.rollbacks = 0
+        self.early_warnings = EarlyWarningMonitor()
         self.warmup_rng = np.random.default_rng(params.seed)
 
         self.step = 0
@@ -432,6 +434,9 @@ class SACTrainer:
         if params.checkpoint_interval and not saved_this_step and self.stop_reason is None:
             last_checkpoint = self.save_checkpoint()
         progress.close(self.step)
+        if self.early_warnings.counts:
+            print(f"[dynsac] {self.early_warnings.summary()}", flush=True)
+            self._event("warning_summary", self.early_warnings.summary(), counts=dict(self.early_warnings.counts))
         self.logger.close()
         if self.stop_reason is not None:
             print(f"[dynsac] {self.stop_reason}", flush=True)
@@ -489,6 +494,9 @@ class SACTrainer:
         scalars["safety/skipped_updates"] = float(self.agent.skipped_steps)
         scalars["safety/rollbacks"] = float(self.rollbacks)
         self.logger.log(step, scalars)
+        for warning in self.early_warnings.check(step, scalars):
+            print(f"[dynsac] early warning at step {step:,}: {warning.message}", flush=True)
+            self._event(f"warning/{warning.kind}", warning.message)
 
     def _log_evaluation(self, progress: Progress) -> EvalResult:
         result = self.evaluate()
