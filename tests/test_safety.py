@@ -214,3 +214,28 @@ def test_saturated_policy_is_reported_during_a_run(tmp_path, tiny_config, capsys
     assert "early warning at step 300" in out and "log-std entries sit at a bound" in out
     kinds = {r["event"] for r in read_metrics(tmp_path / "run") if "event" in r}
     assert "warning/log_std_pinned" in kinds and "warning_summary" in kinds
+
+
+def test_forensics_names_the_planted_nan_layer(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"safety.snapshot_interval": 50}))
+    trainer.train(250)
+    with torch.no_grad():
+        trainer.agent.critic.weights[1][0, 3, 7] = float("nan")
+    trainer.train(300)
+    (nonfinite, *_) = events(tmp_path, "nonfinite")
+    assert "forensics: first non-finite output: critic ensemble layer 1 baddbmm" in nonfinite["message"]
+
+
+def test_forensics_names_the_poisoned_transition(tmp_path, tiny_config):
+    """A non-finite reward planted in one stored transition, past the input guards."""
+    trainer = SACTrainer(tiny_config())
+    trainer.train(250)
+    trainer.buffer.reward[123] = float("-inf")
+    trainer.train(400)
+    skipped = events(tmp_path, "skipped_update")
+    assert skipped and trainer.agent.skipped_steps >= 1
+    assert "(buffer index 123): reward = -inf" in skipped[0]["message"]
+    assert "backward: Function" in skipped[0]["message"]
+    assert "repaired non-finite values in stored transitions [123]" in skipped[0]["message"]
+    assert len(skipped) == 1 and trainer.buffer.reward[123].item() == 0.0  # not resampled again
+    assert trainer._check_for_nans() == []

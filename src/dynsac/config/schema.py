@@ -165,6 +165,10 @@ class SafetyConfig(_Section):
         description="After an update leaves NaN/Inf in parameters or optimizer state: restore the last "
         "good state and continue (`rollback`), or stop with an emergency checkpoint and diagnosis (`stop`).",
     )
+    forensics: bool = Field(
+        True, description="Keep each update's starting parameters and, when an update goes non-finite, replay it "
+        "to name the first module and batch rows involved.",
+    )
     snapshot_interval: int = Field(1000, ge=1, description="Updates between in-memory snapshots of the last good state.")
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="Learning rates are multiplied by this at each rollback.")
     max_rollbacks: int = Field(5, ge=0, description="More rollbacks than this within `rollback_window` steps: stop.")

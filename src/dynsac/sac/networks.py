@@ -7,7 +7,7 @@ Every network takes an optional context vector (the dynamics map), concatenated 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +119,7 @@ class CriticEnsemble(nn.Module):
     ) -> None:
         super().__init__()
         self.num_critics = num_critics
+        self.trace: Callable[[str, Tensor], None] | None = None  # set by forensics to inspect each layer
         sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -144,6 +145,8 @@ class CriticEnsemble(nn.Module):
                 weight, bias = weight.detach(), bias.detach()
             # The first layer's input is shared by all critics: broadcast instead of copying it.
             hidden = torch.matmul(hidden, weight) + bias if index == 0 else torch.baddbmm(bias, hidden, weight)
+            if self.trace is not None:
+                self.trace(f"layer {index} {'matmul' if index == 0 else 'baddbmm'}", hidden)
             if index < last:
                 hidden = torch.relu(hidden)
         return hidden.squeeze(-1)

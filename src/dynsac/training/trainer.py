@@ -20,6 +20,7 @@ from dynsac.config import Config, ConfigError, validate_config, apply_override
 from dynsac.context import ContextTracker, DynamicsMap, split_observation
 from dynsac.envs.factory import make_env, observation_box
 from dynsac.envs.state import capture_env_state, restore_env_state
+from dynsac.safety.forensics import PreUpdateState, investigate
 from dynsac.safety import (
     EarlyWarningMonitor,
     NonFiniteReport,
@@ -79,6 +80,9 @@ class TrainResult:
     interrupted: bool = False
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     stop_reason: str | None = None  # set when the safety policy stopped the run
+
+
+MAX_FORENSIC_RUNS = 5  # replays per run: the first events tell the story, later ones only cost time
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,6 +157,8 @@ class SACTrainer:
         self.stop_reason: str | None = None
         self.rollbacks = 0
         self.early_warnings = EarlyWarningMonitor()
+        self._pre_update = PreUpdateState(self.agent) if safety.forensics else None
+        self._forensic_runs = 0
         self.warmup_rng = np.random.default_rng(params.seed)
 
         self.step = 0
@@ -252,13 +258,51 @@ class SACTrainer:
         history = context.history_length if context.source == "learned" else 0
         batch = self.buffer.sample(self.config.training.batch_size, history)
         self.recovery.maybe_snapshot(self.agent, self.step, self.num_updates)
+        if self._pre_update is not None:
+            self._pre_update.capture()
+        skipped_before = self.agent.skipped_steps
         metrics = self.agent.update(batch)
         self.num_updates += 1
         if not bool(all_finite(self.agent.state_tensors())):
             self._handle_nonfinite(batch)
             return metrics
+        if self.agent.skipped_steps > skipped_before:
+            self._report_skipped_step(batch)
         self.metrics.add(metrics)
         return metrics
+
+    def _forensics(self, batch) -> str:
+        """One line naming where the non-finite values of this update started (empty if disabled)."""
+        if self._pre_update is None or self._forensic_runs >= MAX_FORENSIC_RUNS:
+            return ""
+        self._forensic_runs += 1
+        return investigate(self.agent, self._pre_update.state_dict(), batch).describe()
+
+    def _report_skipped_step(self, batch) -> None:
+        origin = self._forensics(batch)
+        message = f"step {self.step}, update {self.num_updates}: non-finite gradient, optimizer step skipped"
+        message += f"; {origin}" if origin else ""
+        repaired = self._repair_stored_transitions(batch)
+        if repaired:
+            message += f"; repaired non-finite values in stored transitions {repaired} (set to 0)"
+        if origin or repaired or self.agent.skipped_steps % 100 == 0:
+            print(f"[dynsac] warning: {message}", flush=True)
+        self._event("skipped_update", message)
+
+    def _repair_stored_transitions(self, batch) -> list[int]:
+        """Zero the non-finite entries of stored transitions in this batch, so that a poisoned
+        transition does not spoil every later batch it lands in."""
+        buffer, slots = self.buffer, batch.index.unique()
+        repaired: set[int] = set()
+        for name in ("obs", "action", "reward", "next_obs", "terminated"):
+            values = getattr(buffer, name)
+            rows = values[slots].reshape(len(slots), -1)
+            bad = slots[~torch.isfinite(rows).all(dim=1)]
+            if len(bad):
+                values[bad] = torch.nan_to_num(values[bad], nan=0.0, posinf=0.0, neginf=0.0)
+                repaired.update(bad.tolist())
+        self.sanitized_values += len(repaired)
+        return sorted(repaired)
 
     def _check_for_nans(self) -> list[NonFiniteReport]:
         """Every parameter, buffer and optimizer-state tensor (policy, critics, targets, log-alpha,
@@ -271,6 +315,8 @@ class SACTrainer:
         lines = [report.describe() for report in reports[:8]]
         more = f" (and {len(reports) - 8} more tensors)" if len(reports) > 8 else ""
         message = f"step {self.step}, update {self.num_updates}: non-finite values after the update in " + "; ".join(lines) + more
+        origin = self._forensics(batch)
+        message += f"\n  forensics: {origin}" if origin else ""
         print(f"[dynsac] warning: {message}", flush=True)
         self._event("nonfinite", message, tensors=[r.name for r in reports])
         if self.config.safety.on_nonfinite == "stop":
