@@ -239,3 +239,30 @@ def test_forensics_names_the_poisoned_transition(tmp_path, tiny_config):
     assert "repaired non-finite values in stored transitions [123]" in skipped[0]["message"]
     assert len(skipped) == 1 and trainer.buffer.reward[123].item() == 0.0  # not resampled again
     assert trainer._check_for_nans() == []
+
+
+def test_context_encoder_forced_to_emit_nan_falls_back_to_zero(tmp_path, tiny_config):
+    config = tiny_config(**{"env.id": "dynsac/RandomPendulum-v0", "context.source": "learned",
+                            "context.encoder_hidden_sizes": "[16]", "context.model_hidden_sizes": "[16]",
+                            "context.history_length": 3})
+    trainer = SACTrainer(config)
+    trainer.train(200)
+    last = trainer.agent.dynamics_map.encoder[-1]
+    last.register_forward_hook(lambda _m, _i, out: torch.full_like(out, float("nan")))
+    result = trainer.train(400)
+    assert result.steps == 400 and result.stop_reason is None
+    assert trainer.acting_context_fallbacks > 0 and int(trainer.agent.context_fallbacks) > 0
+    assert trainer._check_for_nans() == []
+    warnings = events(tmp_path, "context_fallback")
+    assert any("acting with a zero context" in w["message"] for w in warnings)
+    assert any("batch context rows" in w["message"] for w in warnings)
+    assert [r["safety/context_fallbacks"] for r in read_metrics(tmp_path / "run") if "safety/context_fallbacks" in r][-1] > 0
+    all_checkpoints_load(tmp_path)
+
+
+def test_extreme_env_context_beyond_the_bound_falls_back(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"env.id": "dynsac/RandomPendulum-v0", "context.source": "env",
+                                        "safety.context_bound": 0.5, "training.total_steps": 150}))
+    trainer.train()  # masses and lengths are 0.75..1.25: every context is beyond 0.5
+    assert trainer.acting_context_fallbacks >= 150 - 100  # the policy acts after 100 warm-up steps (+ eval)
+    assert int(trainer.agent.context_fallbacks) == 2 * 32 * 51  # 51 updates (steps 100..150), both windows

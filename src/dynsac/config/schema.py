@@ -157,6 +157,9 @@ class SafetyConfig(_Section):
     sanitize_inputs: bool = Field(
         True, description="Replace non-finite observations and rewards from the env by zeros (counted and logged)."
     )
+    context_bound: float = Field(
+        1e4, gt=0, description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned)."
+    )
     skip_nonfinite_gradients: bool = Field(
         True, description="Never apply an optimizer step whose gradient norm is NaN/Inf (counted)."
     )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dynsac.context.dynamics_map import DynamicsMap
+from dynsac.safety.guards import guard_context
 from dynsac.sac import losses
 from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
 from dynsac.sac.replay import Batch
@@ -98,6 +99,9 @@ class SACAgent(nn.Module):
         self.dynamics_map = dynamics_map
         self.skip_nonfinite_gradients = True
         self.skipped_steps = 0  # optimizer steps refused because their gradient was non-finite
+        self.context_bound = float("inf")
+        # Context rows replaced by zeros for being non-finite or beyond context_bound (on the device).
+        self.register_buffer("context_fallbacks", torch.zeros((), dtype=torch.int64), persistent=False)
         self.critic_gradient_to_map, self.detach_policy_context = critic_gradient_to_map, detach_policy_context
         self.map_optimizer = (
             torch.optim.Adam(dynamics_map.parameters(), lr=dynamics_map_lr, **adam) if dynamics_map is not None else None
@@ -130,6 +134,9 @@ class SACAgent(nn.Module):
             context, next_context = self._learn_context(batch, metrics)
         if context is not None:
             metrics.update(context_statistics(context))
+            context, bad_rows = guard_context(context, self.context_bound)
+            next_context, bad_next_rows = guard_context(next_context, self.context_bound)
+            self.context_fallbacks += bad_rows + bad_next_rows
         policy_context = context.detach() if context is not None and self.detach_policy_context else context
         critic_context = context if self.critic_gradient_to_map else _detached(context)
         next_context = _detached(next_context)

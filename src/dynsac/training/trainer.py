@@ -31,6 +31,7 @@ from dynsac.safety import (
     sanitize_observation,
     sanitize_reward,
 )
+from dynsac.safety.guards import guard_context
 from dynsac.sac import GaussianPolicy, SACAgent
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training.checkpoint import (
@@ -151,6 +152,9 @@ class SACTrainer:
         self.tracker = self._new_tracker()
         safety = config.safety
         self.agent.skip_nonfinite_gradients = safety.skip_nonfinite_gradients
+        self.agent.context_bound = safety.context_bound
+        self.acting_context_fallbacks = 0
+        self._reported_context_fallbacks = 0
         self.recovery = RecoveryManager(
             safety.snapshot_interval, safety.rollback_lr_factor, safety.max_rollbacks, safety.rollback_window
         )
@@ -210,8 +214,23 @@ class SACTrainer:
     def _acting_context(self, tracker: ContextTracker) -> torch.Tensor | None:
         window = tracker.window
         if window is None:
-            return self.agent.acting_context(env_context=tracker.env_context)
-        return self.agent.acting_context(window=window.features, mask=window.mask)
+            context = self.agent.acting_context(env_context=tracker.env_context)
+        else:
+            context = self.agent.acting_context(window=window.features, mask=window.mask)
+        if context is None:
+            return None
+        guarded, replaced = guard_context(context, self.config.safety.context_bound)
+        if bool(replaced):
+            self.acting_context_fallbacks += 1
+            finite = context[torch.isfinite(context)]
+            largest = f"{finite.abs().max().item():.3g}" if finite.numel() else "none"
+            message = (f"step {self.step}: context for acting is not usable (NaN {int(context.isnan().sum())}, "
+                       f"Inf {int(context.isinf().sum())}, largest finite |entry| {largest}, bound "
+                       f"{self.config.safety.context_bound:g}); acting with a zero context")
+            if self.acting_context_fallbacks <= 3 or self.acting_context_fallbacks % 1000 == 0:
+                print(f"[dynsac] warning: {message} ({self.acting_context_fallbacks} so far)", flush=True)
+                self._event("context_fallback", message)
+        return guarded
 
     # ----------------------------------------------------------------- acting and learning
     def collect_step(self) -> dict[str, Any]:
@@ -539,6 +558,15 @@ class SACTrainer:
         scalars["safety/sanitized_values"] = float(self.sanitized_values)
         scalars["safety/skipped_updates"] = float(self.agent.skipped_steps)
         scalars["safety/rollbacks"] = float(self.rollbacks)
+        learning_fallbacks = int(self.agent.context_fallbacks)
+        scalars["safety/context_fallbacks"] = float(learning_fallbacks + self.acting_context_fallbacks)
+        if learning_fallbacks > self._reported_context_fallbacks:
+            message = (f"{learning_fallbacks - self._reported_context_fallbacks} batch context rows since step "
+                       f"{last_step} were non-finite or beyond "
+                       f"safety.context_bound and fell back to zeros (context/abs_max {scalars.get('context/abs_max', float('nan')):.3g})")
+            print(f"[dynsac] warning: {message}", flush=True)
+            self._event("context_fallback", message)
+            self._reported_context_fallbacks = learning_fallbacks
         self.logger.log(step, scalars)
         for warning in self.early_warnings.check(step, scalars):
             print(f"[dynsac] early warning at step {step:,}: {warning.message}", flush=True)
