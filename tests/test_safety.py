@@ -266,3 +266,39 @@ def test_extreme_env_context_beyond_the_bound_falls_back(tmp_path, tiny_config):
     trainer.train()  # masses and lengths are 0.75..1.25: every context is beyond 0.5
     assert trainer.acting_context_fallbacks >= 150 - 100  # the policy acts after 100 warm-up steps (+ eval)
     assert int(trainer.agent.context_fallbacks) == 2 * 32 * 51  # 51 updates (steps 100..150), both windows
+
+
+@pytest.mark.parametrize("mode", ["fixed", "running"])
+def test_reward_normalization_makes_batches_scale_invariant(tmp_path, mode):
+    """The same run with rewards x1 and x1e6 feeds identical normalised rewards to the learner."""
+    seen = {}
+    for multiplier in (1.0, 1e6):
+        config = load_config(None, tiny_overrides(tmp_path / str(multiplier), **{
+            "training.reward_scale": multiplier, "safety.reward_normalization": mode, "training.total_steps": 150}))
+        trainer = SACTrainer(config)
+        for _ in range(150):
+            trainer.collect_step()
+        torch.manual_seed(0)
+        batch = trainer.buffer.sample(64)
+        seen[multiplier] = batch.reward * trainer.reward_normalizer.scale
+    torch.testing.assert_close(seen[1.0], seen[1e6], rtol=1e-5, atol=1e-6)
+    assert seen[1.0].std().item() == pytest.approx(1.0, rel=0.5)
+
+
+def test_reward_normalizer_by_hand_and_fixed_freezes():
+    from dynsac.safety.reward_scale import RewardNormalizer
+
+    normalizer = RewardNormalizer("fixed")
+    for reward in (-2.0, 0.0, 2.0, 4.0):
+        normalizer.observe(reward)
+    assert normalizer.scale == pytest.approx(1 / np.std([-2.0, 0.0, 2.0, 4.0]))
+    normalizer.observe(1e6)  # after freezing, nothing moves the scale
+    assert normalizer.scale == pytest.approx(1 / np.std([-2.0, 0.0, 2.0, 4.0]))
+    running = RewardNormalizer("running")
+    for reward in (-2.0, 0.0, 2.0, 4.0, 1e6):
+        running.observe(reward)
+    assert running.scale == pytest.approx(1 / np.std([-2.0, 0.0, 2.0, 4.0, 1e6]))
+    assert RewardNormalizer("none").scale == 1.0
+    restored = RewardNormalizer("fixed")
+    restored.load_state_dict(normalizer.state_dict())
+    assert restored.scale == normalizer.scale

@@ -160,6 +160,11 @@ class SafetyConfig(_Section):
     context_bound: float = Field(
         1e4, gt=0, description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned)."
     )
+    reward_normalization: Literal["none", "fixed", "running"] = Field(
+        "none",
+        description="Scale sampled rewards by 1/std: `fixed` from warm-up statistics (frozen at the first "
+        "update), `running` from all rewards so far; `none` uses them as stored.",
+    )
     skip_nonfinite_gradients: bool = Field(
         True, description="Never apply an optimizer step whose gradient norm is NaN/Inf (counted)."
     )

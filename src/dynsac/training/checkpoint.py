@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -30,8 +30,16 @@ def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 3 added reward-normalisation statistics; older runs had none (mode `none`)."""
+    payload.setdefault(
+        "reward_normalizer", {"mode": "none", "count": 0, "mean": 0.0, "sum_squares": 0.0, "frozen_scale": None}
+    )
+    return payload
+
+
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 class CheckpointError(ValueError):

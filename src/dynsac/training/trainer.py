@@ -32,6 +32,7 @@ from dynsac.safety import (
     sanitize_reward,
 )
 from dynsac.safety.guards import guard_context
+from dynsac.safety.reward_scale import RewardNormalizer
 from dynsac.sac import GaussianPolicy, SACAgent
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training.checkpoint import (
@@ -153,6 +154,7 @@ class SACTrainer:
         safety = config.safety
         self.agent.skip_nonfinite_gradients = safety.skip_nonfinite_gradients
         self.agent.context_bound = safety.context_bound
+        self.reward_normalizer = RewardNormalizer(safety.reward_normalization)
         self.acting_context_fallbacks = 0
         self._reported_context_fallbacks = 0
         self.recovery = RecoveryManager(
@@ -247,8 +249,9 @@ class SACTrainer:
         next_obs, next_env_context = split_observation(raw_next_obs, info)
         next_obs = self._sanitize(next_obs)
         reward = self._sanitize_reward(float(reward))
+        self.reward_normalizer.observe(reward * params.reward_scale)
         self.buffer.add(
-            self._obs, action, float(reward) * params.reward_scale, next_obs, terminated, truncated, self.episode,
+            self._obs, action, reward * params.reward_scale, next_obs, terminated, truncated, self.episode,
             self.tracker.env_context, next_env_context,
         )
         if self.agent.dynamics_map is not None:
@@ -276,6 +279,8 @@ class SACTrainer:
         context = self.config.context
         history = context.history_length if context.source == "learned" else 0
         batch = self.buffer.sample(self.config.training.batch_size, history)
+        if self.reward_normalizer.mode != "none":
+            batch.reward = batch.reward * self.reward_normalizer.scale
         self.recovery.maybe_snapshot(self.agent, self.step, self.num_updates)
         if self._pre_update is not None:
             self._pre_update.capture()
@@ -558,6 +563,7 @@ class SACTrainer:
         scalars["safety/sanitized_values"] = float(self.sanitized_values)
         scalars["safety/skipped_updates"] = float(self.agent.skipped_steps)
         scalars["safety/rollbacks"] = float(self.rollbacks)
+        scalars["safety/reward_normalization_scale"] = self.reward_normalizer.scale if self.num_updates else 1.0
         learning_fallbacks = int(self.agent.context_fallbacks)
         scalars["safety/context_fallbacks"] = float(learning_fallbacks + self.acting_context_fallbacks)
         if learning_fallbacks > self._reported_context_fallbacks:
@@ -639,6 +645,7 @@ class SACTrainer:
                 "context": self.tracker.state_dict(),
             },
             "counters": {"sanitized_values": self.sanitized_values},
+            "reward_normalizer": self.reward_normalizer.state_dict(),
         }
 
     def _space_signature(self) -> dict[str, Any]:
@@ -674,6 +681,7 @@ class SACTrainer:
                 raise CheckpointError(f"{source}: {err}") from None
         self.step, self.num_updates, self.episode = state["step"], state["num_updates"], state["episode"]
         self.sanitized_values = state["counters"]["sanitized_values"]
+        self.reward_normalizer.load_state_dict(state["reward_normalizer"])
         self._restore_rng(state["rng"])
         self._restore_env(state["env"], source)
 
