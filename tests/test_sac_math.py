@@ -154,3 +154,32 @@ def test_one_update_changes_everything_and_moves_targets_by_tau():
                  "alpha", "entropy"):
         assert torch.isfinite(metrics[name]), name
     assert metrics["alpha"].item() != 1.0
+
+
+def test_huber_critic_loss_by_hand():
+    q_pred = torch.tensor([[1.0, 5.0], [2.0, -1.0]])
+    q_target = torch.tensor([1.5, 2.0])
+    # errors: critic 0 [-0.5, 3], critic 1 [0.5, -3]; huber(delta=1): 0.125 and 1*(3-0.5)=2.5
+    expected = (0.125 + 2.5) / 2 * 2
+    assert losses.critic_loss(q_pred, q_target, huber_delta=1.0).item() == pytest.approx(expected)
+    small = torch.tensor([[0.1, -0.2]]), torch.tensor([0.0, 0.0])
+    assert losses.critic_loss(*small, huber_delta=1.0).item() == pytest.approx(losses.critic_loss(*small).item())
+
+
+def test_critic_layer_norm_matches_per_critic_layer_norm():
+    torch.manual_seed(0)
+    critic = CriticEnsemble(3, 1, (6, 5), layer_norm=True)
+    with torch.no_grad():
+        critic.norm_weights[0].uniform_(0.5, 2.0)
+        critic.norm_biases[1].uniform_(-1.0, 1.0)
+    obs, action = torch.randn(4, 3), torch.randn(4, 1)
+    q = critic(obs, action)
+    x = torch.cat([obs, action], -1)
+    for e in range(2):
+        h = x
+        for i in range(3):
+            h = h @ critic.weights[i][e] + critic.biases[i][e, 0]
+            if i < 2:
+                h = torch.nn.functional.layer_norm(h, (h.shape[-1],)) * critic.norm_weights[i][e, 0] + critic.norm_biases[i][e, 0]
+                h = torch.relu(h)
+        assert torch.allclose(q[e], h.squeeze(-1), atol=1e-5)

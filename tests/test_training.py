@@ -193,3 +193,10 @@ def test_openmp_workers_sleep_unless_the_user_chose(subprocess_env):
     env = {k: v for k, v in subprocess_env.items() if k != "OMP_WAIT_POLICY"}
     assert run(["-c", code], env).stdout.strip() == "PASSIVE"
     assert run(["-c", code], {**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip() == "ACTIVE"
+
+
+def test_critic_options_train(tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.critic_layer_norm": True, "training.critic_loss": "huber",
+                                        "training.total_steps": 200, "training.checkpoint_interval": 0}))
+    result = trainer.train()
+    assert result.steps == 200 and trainer.agent.huber_delta == 1.0 and len(trainer.agent.critic.norm_weights) == 2

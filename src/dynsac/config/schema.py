@@ -86,6 +86,11 @@ class TrainingParams(_Section):
     hidden_sizes: list[int] = Field([256, 256], min_length=1, description="Hidden layers of policy and critics.")
     actor_hidden_sizes: list[int] | None = Field(None, min_length=1, description="Overrides hidden_sizes for the policy.")
     critic_hidden_sizes: list[int] | None = Field(None, min_length=1, description="Overrides hidden_sizes for the critics.")
+    critic_layer_norm: bool = Field(False, description="LayerNorm after each hidden layer of the critics.")
+    critic_loss: Literal["mse", "huber"] = Field(
+        "mse", description="TD loss: `mse`, or `huber` (quadratic below huber_delta, linear beyond)."
+    )
+    huber_delta: float = Field(1.0, gt=0, description="Where the Huber TD loss turns linear.")
     alpha: float | Literal["auto"] = Field(
         "auto", description="Entropy coefficient: a positive number (fixed) or `auto` (tuned)."
     )

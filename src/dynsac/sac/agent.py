@@ -80,13 +80,16 @@ class SACAgent(nn.Module):
         dynamics_map_lr: float = 1e-3,
         critic_gradient_to_map: bool = False,
         detach_policy_context: bool = True,
+        critic_layer_norm: bool = False,
+        huber_delta: float | None = None,
     ) -> None:
         super().__init__()
         self.gamma, self.tau, self.max_grad_norm = gamma, tau, max_grad_norm
         self.policy = GaussianPolicy(
             obs_dim, action_dim, actor_hidden_sizes, context_dim, action_low, action_high, log_std_min, log_std_max
         )
-        self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim)
+        self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim, layer_norm=critic_layer_norm)
+        self.huber_delta = huber_delta
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.auto_alpha = alpha == "auto"
         start_alpha = init_alpha if self.auto_alpha else float(alpha)
@@ -156,7 +159,7 @@ class SACAgent(nn.Module):
             next_q = self.critic_target(batch.next_obs, next_action, next_context)
             q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, next_log_prob, alpha, self.gamma)
         q_pred = self.critic(batch.obs, batch.action, critic_context)
-        loss_critic = losses.critic_loss(q_pred, q_target)
+        loss_critic = losses.critic_loss(q_pred, q_target, self.huber_delta)
         metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
         if self.max_grad_norm is not None:
             metrics["q_grad_clipped"] = (metrics["q_grad_norm"] >= self.max_grad_norm).double()

@@ -26,9 +26,13 @@ def soft_q_target(
     return reward + gamma * (1.0 - terminated) * soft_value
 
 
-def critic_loss(q_pred: Tensor, q_target: Tensor) -> Tensor:
-    """Sum over critics of half the mean squared TD error (Stable-Baselines3's convention)."""
-    return 0.5 * (q_pred - q_target.unsqueeze(0)).square().mean(dim=1).sum()
+def critic_loss(q_pred: Tensor, q_target: Tensor, huber_delta: float | None = None) -> Tensor:
+    """Sum over critics of half the mean squared TD error (Stable-Baselines3's convention), or with
+    `huber_delta` the mean Huber loss (equal to it for errors below delta, linear beyond)."""
+    error = q_pred - q_target.unsqueeze(0)
+    if huber_delta is None:
+        return 0.5 * error.square().mean(dim=1).sum()
+    return torch.nn.functional.huber_loss(error, torch.zeros_like(error), delta=huber_delta, reduction="none").mean(dim=1).sum()
 
 
 def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> Tensor:

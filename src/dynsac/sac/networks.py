@@ -116,9 +116,10 @@ class CriticEnsemble(nn.Module):
         hidden_sizes: Sequence[int] = (256, 256),
         context_dim: int = 0,
         num_critics: int = 2,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.num_critics = num_critics
+        self.num_critics, self.layer_norm = num_critics, layer_norm
         self.trace: Callable[[str, Tensor], None] | None = None  # set by forensics to inspect each layer
         sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, 1]
         self.weights = nn.ParameterList()
@@ -128,6 +129,10 @@ class CriticEnsemble(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(num_critics, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(num_critics, 1, fan_out).uniform_(-bound, bound)))
+        # Per-critic LayerNorm gains and offsets after every hidden layer (option).
+        hidden = sizes[1:-1] if layer_norm else []
+        self.norm_weights = nn.ParameterList([nn.Parameter(torch.ones(num_critics, 1, size)) for size in hidden])
+        self.norm_biases = nn.ParameterList([nn.Parameter(torch.zeros(num_critics, 1, size)) for size in hidden])
 
     def forward(
         self,
@@ -148,5 +153,10 @@ class CriticEnsemble(nn.Module):
             if self.trace is not None:
                 self.trace(f"layer {index} {'matmul' if index == 0 else 'baddbmm'}", hidden)
             if index < last:
+                if self.layer_norm:
+                    gain, offset = self.norm_weights[index], self.norm_biases[index]
+                    if detach_params:
+                        gain, offset = gain.detach(), offset.detach()
+                    hidden = nn.functional.layer_norm(hidden, hidden.shape[-1:]) * gain + offset
                 hidden = torch.relu(hidden)
         return hidden.squeeze(-1)

@@ -145,6 +145,8 @@ class SACTrainer:
             dynamics_map_lr=config.context.learning_rate,
             critic_gradient_to_map=config.context.critic_gradient,
             detach_policy_context=config.context.detach_policy,
+            critic_layer_norm=params.critic_layer_norm,
+            huber_delta=params.huber_delta if params.critic_loss == "huber" else None,
         ).to(self.device)
         self._action_center = self.policy.action_center.cpu().numpy()
         self._action_half_range = self.policy.action_half_range.cpu().numpy()
@@ -674,6 +676,7 @@ class SACTrainer:
         params = self.config.training
         self.agent.set_learning_rates(params.actor_lr, params.critic_lr, params.alpha_lr, self.config.context.learning_rate)
         self.agent.tau, self.agent.gamma, self.agent.max_grad_norm = params.tau, params.gamma, params.max_grad_norm
+        self.agent.huber_delta = params.huber_delta if params.critic_loss == "huber" else None
         if state["buffer"] is not None:
             try:
                 self.buffer.load_state_dict(state["buffer"])
