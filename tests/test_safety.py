@@ -2,7 +2,6 @@
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -120,25 +119,8 @@ def test_inf_gradient_is_skipped_never_applied(tiny_config):
     assert not find_nonfinite(agent.named_parameters())
 
 
-class BadRewardsEnv(gym.Wrapper):
-    """Pendulum whose reward is +Inf every 40th step and NaN every 70th."""
-
-    def __init__(self):
-        super().__init__(gym.make("Pendulum-v1"))
-        self.count = 0
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.count += 1
-        if self.count % 40 == 0:
-            reward = float("inf")
-        elif self.count % 70 == 0:
-            reward = float("nan")
-        return obs, reward, terminated, truncated, info
-
-
 def test_non_finite_rewards_are_replaced_and_reported(tmp_path, tiny_config):
-    trainer = SACTrainer(tiny_config(**{"env.id": "test_safety:BadRewardsEnv", "training.total_steps": 300}))
+    trainer = SACTrainer(tiny_config(**{"env.id": "faulty_envs:BadRewardsEnv", "training.total_steps": 300}))
     result = trainer.train()
     assert result.steps == 300 and trainer.rollbacks == 0
     assert torch.isfinite(trainer.buffer.reward[:300]).all()

@@ -4,7 +4,6 @@ import io
 import subprocess
 import sys
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -104,24 +103,8 @@ def test_module_class_env_id_with_kwargs():
     assert steps + 1 == 7
 
 
-class NaNObservationEnv(gym.Wrapper):
-    """Pendulum whose every 50th observation holds a NaN and an Inf."""
-
-    def __init__(self):
-        super().__init__(gym.make("Pendulum-v1"))
-        self.count = 0
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.count += 1
-        if self.count % 50 == 0:
-            obs = obs.copy()
-            obs[0], obs[2] = np.nan, np.inf
-        return obs, reward, terminated, truncated, info
-
-
 def test_non_finite_observations_are_replaced_counted_and_logged(tmp_path, capsys):
-    config = load_config(None, tiny_overrides(tmp_path, **{"env.id": "test_training:NaNObservationEnv",
+    config = load_config(None, tiny_overrides(tmp_path, **{"env.id": "faulty_envs:NaNObservationEnv",
                                                             "training.total_steps": 300}))
     trainer = SACTrainer(config)
     trainer.train()
