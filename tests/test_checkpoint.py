@@ -233,3 +233,10 @@ def test_cli_resume_of_corrupt_checkpoint_exits_2_and_writes_nothing(trained, tm
 @pytest.mark.parametrize("version", range(1, FORMAT_VERSION + 1))
 def test_every_released_format_has_a_fixture(version):
     assert (FIXTURES / f"checkpoint_format_v{version}.pt").exists()
+
+
+def test_migrated_learned_context_keeps_its_unbounded_encoder():
+    from dynsac.training.checkpoint import migrate
+
+    old = {"format_version": 3, "config": {"context": {"source": "learned"}}, "env": {"context": {}}}
+    assert migrate(old)["config"]["context"]["bounded"] is False

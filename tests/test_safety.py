@@ -173,14 +173,22 @@ def test_early_warning_signs(change, kind):
     from dynsac.safety import EarlyWarningMonitor
 
     monitor = EarlyWarningMonitor()
-    for step in (1000, 2000):
+    for step in range(1000, 8000, 1000):
         assert monitor.check(step, interval(**HEALTHY, context_abs_max=3.0)) == []
-    warnings = monitor.check(3000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
+    warnings = monitor.check(8000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
     assert [w.kind for w in warnings] == [kind]
     # the same sign is not repeated every interval
-    repeated = monitor.check(4000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
+    repeated = monitor.check(9000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
     assert kind not in [w.kind for w in repeated]
-    assert f"{kind} x1 (first at step 3,000)" in monitor.summary()
+    assert f"{kind} x1 (first at step 8,000)" in monitor.summary()
+
+
+def test_q_growth_while_the_critic_first_learns_is_not_a_warning():
+    from dynsac.safety import EarlyWarningMonitor
+
+    monitor = EarlyWarningMonitor()
+    for step, q in zip(range(1000, 8000, 1000), (0.5, 400.0, 420.0, 430.0, 425.0, 440.0, 430.0)):
+        assert monitor.check(step, interval(**{**HEALTHY, "q_max_abs": q, "q_std": q / 10})) == []
 
 
 def test_saturated_policy_is_reported_during_a_run(tmp_path, tiny_config, capsys):

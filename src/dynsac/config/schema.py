@@ -57,6 +57,7 @@ class ContextConfig(_Section):
     )
     backward_weight: float = Field(0.5, ge=0, description="Weight of the backward prediction loss.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of encoder and predictors.")
+    bounded: bool = Field(True, description="Squash the learned context with tanh into (-1, 1).")
     critic_gradient: bool = Field(
         False, description="Let the critic loss train the encoder too (PEARL-style)."
     )

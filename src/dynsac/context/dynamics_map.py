@@ -62,8 +62,10 @@ class DynamicsMap(nn.Module):
         encoder_hidden_sizes: Sequence[int] = (256, 128, 64),
         model_hidden_sizes: Sequence[int] = (200, 200),
         backward_weight: float = 0.5,
+        bounded: bool = True,
     ) -> None:
         super().__init__()
+        self.bounded = bounded
         self.obs_dim, self.action_dim, self.context_dim = obs_dim, action_dim, context_dim
         self.history_length, self.backward_weight = history_length, backward_weight
         self.feature_dim = feature_dim(obs_dim, action_dim)
@@ -76,7 +78,9 @@ class DynamicsMap(nn.Module):
     def encode(self, window: Tensor, mask: Tensor) -> Tensor:
         """(B, K, F) raw features and (B, K) mask -> (B, context_dim)."""
         normalized = self.normalizer.normalize(window) * mask.unsqueeze(-1)
-        return self.encoder(torch.cat([normalized.flatten(1), mask], dim=-1))
+        context = self.encoder(torch.cat([normalized.flatten(1), mask], dim=-1))
+        # Bounded: the policy and critics see inputs of a stable scale while the encoder keeps learning.
+        return torch.tanh(context) if self.bounded else context
 
     def prediction_loss(
         self, obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor

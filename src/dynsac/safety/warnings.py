@@ -25,10 +25,13 @@ class EarlyWarningMonitor:
         self.cooldown = cooldown
         self._last_raised: dict[str, int] = {}
         self._interval = 0
+        self._trained_intervals = 0  # logged intervals that had updates
         self.counts: Counter[str] = Counter()
         self.first_step: dict[str, int] = {}
 
     def check(self, step: int, scalars: dict[str, float]) -> list[EarlyWarning]:
+        if "train/q_max_abs" in scalars:
+            self._trained_intervals += 1
         found = [warning for warning in self._signs(scalars) if self._may_raise(warning.kind)]
         for warning in found:
             self._last_raised[warning.kind] = self._interval
@@ -71,6 +74,10 @@ class EarlyWarningMonitor:
                     f"the entropy term is swamping the reward in the critic target")
             elif alpha < 1e-6:
                 add("alpha_collapse", f"entropy coefficient alpha collapsed to {alpha:.2e}: exploration has stopped")
+        if self._trained_intervals <= self.history.maxlen + 1:  # history[0] must postdate the first interval
+            # Q-values start near 0 and grow to the return's scale while the critic learns: growth
+            # only means divergence once a few intervals of learning have set the scale.
+            return signs
         if _grew(past, now, "train/q_max_abs", 100.0):
             add("q_growth", f"|Q| grew by orders of magnitude ({_trend(past, now, 'train/q_max_abs')}); "
                 f"Q-values are diverging (reward scale? learning rate?)")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -38,8 +38,14 @@ def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 4 squashes the learned context with tanh by default; older runs learned without it."""
+    payload["config"].setdefault("context", {}).setdefault("bounded", False)
+    return payload
+
+
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 class CheckpointError(ValueError):

@@ -209,6 +209,7 @@ class SACTrainer:
             context.encoder_hidden_sizes,
             context.model_hidden_sizes,
             context.backward_weight,
+            context.bounded,
         )
 
     def _new_tracker(self) -> ContextTracker:
