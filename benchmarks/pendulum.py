@@ -248,29 +248,23 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _cell(mean: float | None, std: float | None = None, wall_s: float | None = None) -> str:
+    if mean is None:
+        return f"{'-':>22} {'-':>12}"
+    return f"{f'{mean:.1f} ± {std:.1f}':>22} {wall_s:>11.1f}s"
+
+
 def format_table(results: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     libs = [lib for lib in LIBS if lib in results]
     header = f"{'seed':>6} | " + " | ".join(f"{lib + ' return':>22} {lib + ' wall':>12}" for lib in libs)
     lines = [header, "-" * len(header)]
     for seed in seeds:
-        cells = []
-        for lib in libs:
-            run = next((r for r in results[lib] if r["seed"] == seed), None)
-            if run is None:
-                cells.append(f"{'-':>22} {'-':>12}")
-            else:
-                ret = f"{run['eval_mean']:.1f} ± {run['eval_std']:.1f}"
-                cells.append(f"{ret:>22} {run['train_wall_s']:>11.1f}s")
+        runs = [next((r for r in results[lib] if r["seed"] == seed), None) for lib in libs]
+        cells = [_cell(r["eval_mean"], r["eval_std"], r["train_wall_s"]) if r else _cell(None) for r in runs]
         lines.append(f"{seed:>6} | " + " | ".join(cells))
     lines.append("-" * len(header))
-    cells = []
-    for lib in libs:
-        s = summary.get(lib)
-        if s is None:
-            cells.append(f"{'-':>22} {'-':>12}")
-        else:
-            ret = f"{s['mean']:.1f} ± {s['std']:.1f}"
-            cells.append(f"{ret:>22} {s['mean_train_wall_s']:>11.1f}s")
+    totals = [summary.get(lib) for lib in libs]
+    cells = [_cell(t["mean"], t["std"], t["mean_train_wall_s"]) if t else _cell(None) for t in totals]
     lines.append(f"{'mean':>6} | " + " | ".join(cells))
     lines.append(
         "per seed: mean ± std of the deterministic return over the evaluation episodes; "
