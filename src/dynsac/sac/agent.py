@@ -226,14 +226,6 @@ class SACAgent(nn.Module):
     def learning_rates(self) -> dict[str, float]:
         return {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
 
-    def state_tensors(self) -> list[Tensor]:
-        """Every parameter, buffer and optimizer-state tensor: what must stay finite."""
-        tensors = [t for t in self.state_dict().values() if t.is_floating_point()]
-        for optimizer in self.optimizers.values():
-            for state in optimizer.state.values():
-                tensors += [v for k, v in state.items() if isinstance(v, Tensor) and k != "step"]
-        return tensors
-
     def full_state_dict(self) -> dict[str, Any]:
         """Networks, targets, log-alpha and optimizer states."""
         return {

@@ -290,7 +290,7 @@ class SACTrainer:
         skipped_before = self.agent.skipped_steps
         metrics = self.agent.update(batch)
         self.num_updates += 1
-        if not bool(all_finite(self.agent.state_tensors())):
+        if not bool(all_finite(self._state_tensors())):
             self._handle_nonfinite(batch)
             return metrics
         if self.agent.skipped_steps > skipped_before:
@@ -330,6 +330,11 @@ class SACTrainer:
                 repaired.update(bad.tolist())
         self.sanitized_values += len(repaired)
         return sorted(repaired)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Every floating-point parameter, buffer and optimizer-state tensor: what must stay finite."""
+        named = named_state_tensors(self.agent, self.agent.optimizers)
+        return [tensor for _, tensor in named if tensor.is_floating_point()]
 
     def _check_for_nans(self) -> list[NonFiniteReport]:
         """Every parameter, buffer and optimizer-state tensor (policy, critics, targets, log-alpha,
