@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 from torch import Tensor
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
 
 
 class MetricAccumulator:
@@ -73,6 +76,15 @@ class RunLogger:
         if self._writer is not None:
             self._writer.add_text(f"events/{kind}", message, step)
 
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """The resolved config as `config.yaml`, so plots and summaries can tell runs apart."""
+        _write_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        """End-of-run facts (steps, wall time, final/best eval, warnings, rollbacks) as `summary.json`."""
+        clean = {k: (_json_number(v) if isinstance(v, float) else v) for k, v in summary.items()}
+        _write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(clean, indent=2, default=str) + "\n")
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -91,14 +103,18 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def drop_records_after(path: Path, step: int) -> None:
     """Rewrite `path` without the records past `step` (atomically), for a resumed run."""
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    os.replace(temporary, path)
+    _write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class Progress:

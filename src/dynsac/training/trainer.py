@@ -484,6 +484,7 @@ class SACTrainer:
         self._check_run_dir()
         resumed = self.step > 0
         self.logger = RunLogger(log_cfg.dir, log_cfg.tensorboard, resume_step=self.step if resumed else None)
+        self.logger.write_config(self.config.model_dump(mode="json"))
         progress = Progress(total, log_cfg.progress, log_cfg.progress_interval_s)
         start, last_checkpoint, final_eval = time.monotonic(), None, None
         eval_history: list[tuple[int, float]] = []
@@ -515,6 +516,16 @@ class SACTrainer:
         if self.early_warnings.counts:
             print(f"[dynsac] {self.early_warnings.summary()}", flush=True)
             self._event("warning_summary", self.early_warnings.summary(), counts=dict(self.early_warnings.counts))
+        self.logger.write_summary({
+            "steps": self.step, "total_steps": total, "updates": self.num_updates,
+            "wall_s": time.monotonic() - start, "interrupted": interrupted, "stop_reason": self.stop_reason,
+            "final_eval_return": None if final_eval is None else final_eval.mean,
+            "best_eval_return": max((r for _, r in eval_history), default=None),
+            "optimal_return": None if final_eval is None else final_eval.optimal_mean,
+            "optimality_ratio": None if final_eval is None else final_eval.optimality_ratio,
+            "warnings": dict(self.early_warnings.counts), "rollbacks": self.recovery.total_rollbacks,
+            "last_checkpoint": None if last_checkpoint is None else str(last_checkpoint),
+        })
         self.logger.close()
         if self.stop_reason is not None:
             print(f"[dynsac] {self.stop_reason}", flush=True)
