@@ -29,15 +29,10 @@ Per-run logs (metrics.jsonl, TensorBoard) go to benchmarks/results/context_benef
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -45,9 +40,7 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT / "src") not in sys.path:  # also works without PYTHONPATH=src (and in spawned workers)
-    sys.path.insert(0, str(REPO_ROOT / "src"))
+from common import REPO_ROOT, git_revision, read_previous_runs, run_pool, snapshot_source, use_snapshot, write_json
 
 # ----------------------------------------------------------------------------- what is compared
 # Base config of each env: change these to benchmark other settings.
@@ -135,20 +128,12 @@ def run_key(env: str, source: str, seed: int) -> str:
 
 
 # ----------------------------------------------------------------------------- one run (in a worker)
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates the pool
-
-
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one agent and evaluate it on both splits. Never raises: errors are returned."""
     import torch
 
     torch.set_num_threads(1)
-    if spec.get("code_dir"):  # the snapshot of src/ taken at launch, not the live tree
-        sys.path.insert(0, spec["code_dir"])
+    use_snapshot(spec.get("code_dir"))
     result: dict[str, Any] = {k: spec[k] for k in ("key", "env", "source", "seed", "steps", "git")}
     start = time.perf_counter()
     try:
@@ -339,32 +324,6 @@ def format_verdict(checks: list[dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------- results file
-def git_revision() -> str | None:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return f"{rev}{'-dirty' if dirty else ''}" if rev else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
-    os.replace(tmp, path)  # atomic: a kill mid-write never leaves a truncated file
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
 def build_report(runs: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any], wall_s: float,
                  earlier_wall_s: float, finished: bool) -> dict[str, Any]:
     summary = summarize(runs, args)
@@ -417,10 +376,6 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.monotonic()
@@ -447,27 +402,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, Any] = {}
     earlier_wall = 0.0
-    if args.resume_results and args.out.is_file():
-        try:
-            previous = json.loads(args.out.read_text())
-            runs = previous.get("runs", {})
-            earlier_wall = float(previous.get("wall_time_total_s", previous.get("wall_time_s", 0.0)))
-        except (json.JSONDecodeError, OSError, ValueError, TypeError) as err:
-            print(f"warning: cannot read {args.out} ({err}); starting afresh", flush=True)
-            runs = {}
-    elif args.resume_results:
-        print(f"note: --resume-results but {args.out} does not exist yet; running everything", flush=True)
+    if args.resume_results:
+        runs, earlier_wall = read_previous_runs(args.out)
 
-    # The package is edited while benchmarks run: every run uses a copy of src/ and of the base
-    # configs taken now, so all runs of one invocation see the same code and hyperparameters.
-    snapshot = Path(tempfile.mkdtemp(prefix="context_benefit_src_"))
-    shutil.copytree(REPO_ROOT / "src" / "dynsac", snapshot / "dynsac", ignore=shutil.ignore_patterns("__pycache__"))
-    snap_configs = {}
-    for env, (path, extra) in configs.items():
-        copy = snapshot / "configs" / f"{env}_{path.name}"
-        copy.parent.mkdir(exist_ok=True)
-        shutil.copyfile(path, copy)
-        snap_configs[env] = (copy, extra)
+    snapshot, copies = snapshot_source("context_benefit_src_", [path for path, _ in configs.values()])
+    snap_configs = {env: (copies[path], extra) for env, (path, extra) in configs.items()}
 
     specs = []
     # Seed-major order: if the benchmark is cut short, every env x source has its first seeds.
@@ -507,10 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     if specs:
         save(False)
-        pool = mp.get_context("spawn").Pool(min(args.jobs, len(specs)), initializer=_init_worker, maxtasksperchild=1)
-        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            for done, result in enumerate(pool.imap_unordered(run_one, specs), 1):
+            for done, result in enumerate(run_pool(run_one, specs, args.jobs), 1):
                 runs[result["key"]] = result
                 save(False)
                 elapsed = time.monotonic() - start
@@ -523,15 +460,10 @@ def main(argv: list[str] | None = None) -> int:
                                  if result["train"]["optimality_ratio"] is not None else ""))
                 print(f"[context_benefit] {done}/{len(specs)} {result['key']} ({result['wall_s']:.0f} s): {status}  "
                       f"[elapsed {elapsed / 60:.1f} min]", flush=True)
-            pool.close()
         except KeyboardInterrupt:
             interrupted = True
-            print("\n[context_benefit] interrupted: stopping the workers; finished runs are saved "
+            print("\n[context_benefit] interrupted: workers stopped; finished runs are saved "
                   f"(continue with --resume-results)", flush=True)
-            pool.terminate()
-        finally:
-            pool.join()
-            signal.signal(signal.SIGTERM, previous_term)
     shutil.rmtree(snapshot, ignore_errors=True)
 
     report = save(not interrupted)

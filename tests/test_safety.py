@@ -11,7 +11,7 @@ from dynsac.config import load_config
 from dynsac.safety import RecoveryManager, find_nonfinite
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import load_checkpoint
-from dynsac.training.logger import read_metrics
+from dynsac.training.logger import RunLogger, read_metrics
 
 from conftest import tiny_overrides
 
@@ -292,3 +292,38 @@ def test_reward_normalizer_by_hand_and_fixed_freezes():
     restored = RewardNormalizer("fixed")
     restored.load_state_dict(normalizer.state_dict())
     assert restored.scale == normalizer.scale
+
+
+def test_nonfinite_action_never_reaches_the_env_and_is_traced(tmp_path, tiny_config):
+    """A NaN planted in the policy's output layer (between two after-update checks): the action is
+    replaced, counted, and the report names the layer and row where NaN first appears."""
+    trainer = SACTrainer(tiny_config(**{"training.learning_starts": 10}))
+    trainer.train(20)
+    with torch.no_grad():
+        trainer.agent.policy.net[-1].weight[0, 0] = float("nan")
+    seen = []
+    original_step = trainer.env.step
+    trainer.env.step = lambda action: seen.append(np.array(action)) or original_step(action)
+    trainer.logger = RunLogger(tmp_path / "acting")
+    trainer.collect_step()
+    trainer.logger.close()
+    assert np.isfinite(seen[-1]).all() and trainer.nonfinite_actions == 1
+    (event,) = [r for r in read_metrics(tmp_path / "acting") if r.get("event") == "nonfinite_action"]
+    assert "policy.net.4 (Linear) output is non-finite in batch rows [0]" in event["message"]
+    assert f"step {trainer.step - 1}" in event["message"]
+
+
+def test_safety_state_survives_a_checkpoint(tmp_path, tiny_config):
+    """Rollback counters, the lowered learning rates and the early-warning history resume as they were."""
+    trainer = SACTrainer(tiny_config(**{"safety.snapshot_interval": 50}))
+    trainer.train(250)
+    with torch.no_grad():
+        trainer.agent.critic.weights[1][0, 0, 0] = float("nan")
+    trainer.train(300)
+    assert trainer.rollbacks == 1
+    path = trainer.save_checkpoint()
+    resumed = SACTrainer.from_checkpoint(path)
+    assert resumed.rollbacks == 1 and resumed.recovery.lr_scale == pytest.approx(0.5)
+    assert resumed.agent.learning_rates() == pytest.approx(trainer.agent.learning_rates())
+    assert resumed.early_warnings.state_dict() == trainer.early_warnings.state_dict()
+    assert len(resumed.early_warnings.history) == len(trainer.early_warnings.history) > 0

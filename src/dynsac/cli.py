@@ -1,4 +1,4 @@
-"""Command line: `dynsac train | resume | eval`.
+"""Command line: `dynsac train | resume | eval | plot | summary`.
 
 Exit status: 0 done, 2 bad input (config, checkpoint, env), 3 stopped by the safety policy
 (emergency checkpoint and diagnosis written), 130 interrupted (checkpoint saved).
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=None, help="episodes (default: training.eval_episodes)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a saved config field, e.g. env.eval_kwargs.split=test (repeatable)")
+    add_plot_commands(commands)
+    add_sweep_arguments(commands.add_parser("sweep", help="a grid of configs x seeds on Ray Tune (resumable)"))
     return parser
 
 
@@ -46,7 +48,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "resume": run_resume, "eval": run_eval}
+    handlers = {"train": run_train, "resume": run_resume, "eval": run_eval, "sweep": run_sweep,
+                "plot": run_plot, "summary": run_summary}
     return run_guarded(lambda: handlers[args.command](args))
 
 
@@ -55,10 +58,11 @@ def run_guarded(action) -> int:
     from dynsac.config import ConfigError
     from dynsac.envs.factory import EnvError
     from dynsac.training.checkpoint import CheckpointError
+    from dynsac.training.plots import PlotError
 
     try:
         return action()
-    except (ConfigError, CheckpointError, EnvError) as err:
+    except (ConfigError, CheckpointError, EnvError, PlotError) as err:
         print(f"dynsac: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -132,6 +136,74 @@ def format_eval_table(results) -> str:
     if with_optimum:
         lines.append("ratio = optimal return / agent return (costs): 1.000 is optimal")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- dynsac plot | summary
+RUN_DIRS_HELP = ("run folders (a run's logging.dir, holding metrics.jsonl); a folder without metrics.jsonl "
+                 "stands for every run folder below it")
+
+
+def add_plot_commands(commands) -> None:
+    plot = commands.add_parser("plot", help="learning curves of run folders (seeds of one config averaged)")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=RUN_DIRS_HELP)
+    plot.add_argument("--metric", default="eval/return_mean",
+                      help="the metric to plot against environment steps (default: eval/return_mean)")
+    plot.add_argument("--out", default="plot.png", metavar="FILE",
+                      help="image to write, format from the suffix: .png, .pdf, .svg (default: plot.png "
+                           "in the current folder)")
+    plot.add_argument("--yscale", default="linear", choices=("linear", "log", "symlog"),
+                      help="y axis scale (symlog: returns spanning orders of magnitude; default: linear)")
+
+    summary = commands.add_parser("summary", help="a table of run folders: returns, wall time, warnings, rollbacks")
+    summary.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=RUN_DIRS_HELP)
+    summary.add_argument("--json", default=None, metavar="FILE", help="also write the rows to this JSON file")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from dynsac.training.plots import group_runs, load_runs, plot_loaded_runs, split_by_env
+
+    runs = load_runs(args.run_dirs)
+    plot_loaded_runs(runs, args.metric, args.out, yscale=args.yscale)
+    print(f"[dynsac] wrote {args.out}: {args.metric} of {len(runs)} run(s)")
+    for env_id, env_runs in split_by_env(runs).items():
+        for group in group_runs(env_runs):
+            print(f"  {env_id} | {group.label}: {', '.join(str(run.path) for run in group.runs)}")
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from dynsac.training.plots import format_summary, summarize_runs, write_summary_json
+
+    rows = summarize_runs(args.run_dirs)
+    print(format_summary(rows))
+    if args.json:
+        print(f"[dynsac] wrote {write_summary_json(rows, args.json)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- dynsac sweep
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file, the base of every trial")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
+                        help="values of a config field to sweep, e.g. training.learning_rate=[3e-4,1e-3] (repeatable)")
+    parser.add_argument("--seeds", default=None, metavar="0,1,2",
+                        help="seeds of every grid combination (default: the config's training.seed)")
+    parser.add_argument("--preset", default=None, choices=["stability"],
+                        help="a built-in grid; --grid entries replace its keys")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field in every trial (repeatable)")
+    parser.add_argument("--name", default=None, help="sweep folder name (default: the config file's name)")
+    parser.add_argument("--dir", default="runs/sweeps", help="parent folder of sweeps (default: runs/sweeps)")
+    parser.add_argument("--address", default=None, metavar="HOST:PORT",
+                        help="an existing Ray cluster (default: a local Ray instance, one trial per core)")
+    parser.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from dynsac.training.sweep import plan_sweep, run_sweep as run_planned_sweep
+
+    plan = plan_sweep(args.config, args.grid, args.seeds, args.overrides, args.preset, args.name, args.dir)
+    return run_planned_sweep(plan, address=args.address, max_concurrent=args.max_concurrent)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ class EnvError(ValueError):
 
 def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None) -> gym.Env:
     """Create the env, check it is usable by SAC (flat Box observations, bounded Box actions)."""
-    from dynsac.envs.registration import register_envs
+    from dynsac.envs.registration import MUJOCO_INSTALL_HINT, MUJOCO_SPECS, register_envs
 
     register_envs()
+    if env_id in MUJOCO_SPECS and env_id not in gym.registry:
+        raise EnvError(f"env.id = {env_id!r} needs MuJoCo, which is not installed: {MUJOCO_INSTALL_HINT}")
 
     kwargs = dict(kwargs or {})
     env_class = _import_class(env_id)
@@ -34,6 +36,8 @@ def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_step
         raise EnvError(f"env.id = {env_id!r}: {err}") from None
     except TypeError as err:
         raise EnvError(f"env.kwargs = {kwargs!r} do not fit {env_id!r}: {err}") from None
+    except ValueError as err:  # a kwarg the env rejected, e.g. a bad range: report it without a traceback
+        raise EnvError(f"env.id = {env_id!r} with env.kwargs = {kwargs!r}: {err}") from None
     check_spaces(env, env_id)
     return env
 
@@ -80,8 +84,14 @@ def check_spaces(env: gym.Env, env_id: str) -> None:
 
 
 def accepts_kwarg(env: gym.Env, name: str) -> bool:
-    """Whether the env's class takes constructor keyword `name` (e.g. `split` for train/test dynamics)."""
-    try:
-        return name in inspect.signature(type(env.unwrapped).__init__).parameters
-    except (TypeError, ValueError):
-        return False
+    """Whether the env's class, or one of its wrappers' (e.g. the MuJoCo presets' dynamics wrapper),
+    takes constructor keyword `name` (e.g. `split` for train/test dynamics)."""
+    while True:
+        try:
+            if name in inspect.signature(type(env).__init__).parameters:
+                return True
+        except (TypeError, ValueError):
+            pass
+        if not isinstance(env, gym.Wrapper):
+            return False
+        env = env.env

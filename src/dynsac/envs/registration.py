@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import gymnasium
 
 RANDOM_LINEAR_ID = "dynsac/RandomLinear-v0"
 RANDOM_PENDULUM_ID = "dynsac/RandomPendulum-v0"
+RANDOM_HALF_CHEETAH_ID = "dynsac/RandomHalfCheetah-v0"
+RANDOM_ANT_ID = "dynsac/RandomAnt-v0"
+RANDOM_HOPPER_ID = "dynsac/RandomHopper-v0"
+MUJOCO_INSTALL_HINT = "pip install -e '.[mujoco]'"
 
 # RandomLinear-v0 has no TimeLimit: it truncates itself after its `episode_length` kwarg, so
 # changing that kwarg cannot disagree with a registered limit. RandomPendulum-v0 keeps
@@ -21,9 +27,34 @@ _SPECS: dict[str, dict[str, object]] = {
     },
 }
 
+# The MuJoCo presets (envs/mujoco_dynamics.py) keep their base envs' limit of 1000 steps. They are
+# registered only when `mujoco` is installed; make_env names the extra to install otherwise.
+MUJOCO_SPECS: dict[str, dict[str, object]] = {
+    RANDOM_HALF_CHEETAH_ID: {
+        "entry_point": "dynsac.envs.mujoco_dynamics:make_random_half_cheetah",
+        "max_episode_steps": 1000,
+    },
+    RANDOM_ANT_ID: {
+        "entry_point": "dynsac.envs.mujoco_dynamics:make_random_ant",
+        "max_episode_steps": 1000,
+    },
+    RANDOM_HOPPER_ID: {
+        "entry_point": "dynsac.envs.mujoco_dynamics:make_random_hopper",
+        "max_episode_steps": 1000,
+    },
+}
+
+
+def mujoco_available() -> bool:
+    """Whether the `mujoco` package is installed (found without importing it)."""
+    return importlib.util.find_spec("mujoco") is not None
+
 
 def register_envs() -> None:
     """Register the dynsac environments with Gymnasium; calling it again does nothing."""
-    for env_id, spec in _SPECS.items():
+    specs = dict(_SPECS)
+    if mujoco_available():
+        specs.update(MUJOCO_SPECS)
+    for env_id, spec in specs.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, **spec)

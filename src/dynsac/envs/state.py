@@ -4,7 +4,10 @@ Envs are not generally serialisable, so this covers what can be restored faithfu
 - an env (unwrapped) with `state_dict()` / `load_state_dict()`: dynsac's built-in envs;
 - MuJoCo envs: qpos, qvel and simulation time;
 - otherwise the unwrapped env's plain numeric attributes (classic control: `state`, `last_u`...).
-Always included: the env's random generator and the wrappers' elapsed-step counters. Everything
+Always included: the env's random generator, the wrappers' elapsed-step counters and the state of
+every wrapper with `state_dict()` / `load_state_dict()` (the MuJoCo presets' dynamics wrapper:
+scales, modified model arrays, its generator; restored first, so the body is the saved one before
+qpos/qvel are set). Everything
 is stored as plain Python/list data, loadable with `torch.load(weights_only=True)`.
 """
 
@@ -20,6 +23,7 @@ import numpy as np
 def capture_env_state(env: gym.Env) -> dict[str, Any]:
     unwrapped = env.unwrapped
     state: dict[str, Any] = {"elapsed_steps": _wrapper_counters(env)}
+    state["wrappers"] = [wrapper.state_dict() for wrapper in _wrappers_with_state(env)]
     if hasattr(unwrapped, "state_dict") and hasattr(unwrapped, "load_state_dict"):
         state["kind"], state["data"] = "state_dict", unwrapped.state_dict()
         return state
@@ -36,6 +40,14 @@ def capture_env_state(env: gym.Env) -> dict[str, Any]:
 def restore_env_state(env: gym.Env, state: dict[str, Any]) -> None:
     """Restore into an env that has already been reset once."""
     unwrapped = env.unwrapped
+    stateful, saved = _wrappers_with_state(env), state.get("wrappers", [])
+    if len(saved) != len(stateful):
+        raise ValueError(
+            f"saved state covers {len(saved)} stateful wrapper(s), this env has {len(stateful)} "
+            f"({', '.join(type(w).__name__ for w in stateful) or 'none'})"
+        )
+    for wrapper, wrapper_state in zip(stateful, saved):
+        wrapper.load_state_dict(wrapper_state)
     if state["kind"] == "state_dict":
         unwrapped.load_state_dict(state["data"])
     else:
@@ -55,6 +67,15 @@ def _wrappers_with_counter(env: gym.Env) -> list[gym.Env]:
     found = []
     while isinstance(env, gym.Wrapper):
         if hasattr(env, "_elapsed_steps"):
+            found.append(env)
+        env = env.env
+    return found
+
+
+def _wrappers_with_state(env: gym.Env) -> list[gym.Env]:
+    found = []
+    while isinstance(env, gym.Wrapper):
+        if callable(getattr(env, "state_dict", None)) and callable(getattr(env, "load_state_dict", None)):
             found.append(env)
         env = env.env
     return found

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the sac layer imports these guards
+    from dynsac.sac.networks import GaussianPolicy
 
 
 def sanitize_observation(obs: np.ndarray) -> tuple[np.ndarray, int]:
@@ -29,3 +34,31 @@ def guard_context(context: Tensor, bound: float) -> tuple[Tensor, Tensor]:
     """
     bad = ~(torch.isfinite(context) & (context.abs() <= bound)).all(dim=-1, keepdim=True)
     return torch.where(bad, torch.zeros_like(context), context), bad.sum()
+
+
+def nonfinite_rows(tensor: Tensor) -> list[int]:
+    """Batch rows (first dim) of `tensor` holding NaN/Inf."""
+    return torch.nonzero(~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)).flatten().tolist()
+
+
+@torch.no_grad()
+def trace_policy_nonfinite(policy: "GaussianPolicy", obs: Tensor, context: Tensor | None) -> str:
+    """Name the first tensor on the policy's forward path (observation, context, each layer's
+    output, mu, log_std) that holds NaN/Inf, with its batch rows. Run only after a non-finite
+    action was seen, so the acting path itself pays for one `isfinite` on the action alone."""
+    steps: list[tuple[str, Tensor]] = [("observation", obs)]
+    if context is not None:
+        steps.append(("context", context))
+    hidden = obs if context is None else torch.cat([obs, context], dim=-1)
+    for index, layer in enumerate(policy.net):
+        hidden = layer(hidden)
+        if isinstance(layer, nn.Linear):
+            steps.append((f"policy.net.{index} (Linear) output", hidden))
+    mu, log_std = policy(obs, context)
+    steps += [("mu", mu), ("log_std", log_std)]
+    for name, tensor in steps:
+        rows = nonfinite_rows(tensor)
+        if rows:
+            return (f"{name} is non-finite in batch rows {rows[:8]} ({int(tensor.isnan().sum())} NaN, "
+                    f"{int(tensor.isinf().sum())} Inf)")
+    return "every tensor on the policy's path is finite (the non-finite value arose in sampling)"

@@ -27,6 +27,7 @@ class RecoveryManager:
         self.snapshot: dict[str, Any] | None = None
         self.snapshot_step = -1
         self.total_rollbacks = 0
+        self.lr_scale = 1.0  # product of the factors applied by rollbacks so far
         self._recent: deque[int] = deque()
 
     def maybe_snapshot(self, agent: Recoverable, step: int, num_updates: int) -> None:
@@ -43,6 +44,7 @@ class RecoveryManager:
             raise RuntimeError("no good state to roll back to")
         agent.load_full_state_dict(copy.deepcopy(self.snapshot))
         agent.scale_learning_rates(self.lr_factor)
+        self.lr_scale *= self.lr_factor
         self.snapshot = copy.deepcopy(agent.full_state_dict())  # keep the lowered rates
         self.total_rollbacks += 1
         self._recent.append(step)
@@ -51,3 +53,11 @@ class RecoveryManager:
         while self._recent and self._recent[0] <= step - self.window_steps:
             self._recent.popleft()
         return len(self._recent) > self.max_rollbacks
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters for checkpoints (the in-memory snapshot itself is not saved: the checkpoint is one)."""
+        return {"total_rollbacks": self.total_rollbacks, "recent": list(self._recent), "lr_scale": self.lr_scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total_rollbacks, self.lr_scale = state["total_rollbacks"], state["lr_scale"]
+        self._recent = deque(state["recent"])

@@ -41,6 +41,18 @@ class EarlyWarningMonitor:
         self._interval += 1
         return found
 
+    def state_dict(self) -> dict:
+        """Plain data for checkpoints: a resumed run keeps its history, cooldowns and counts."""
+        return {"history": list(self.history), "last_raised": dict(self._last_raised), "interval": self._interval,
+                "trained_intervals": self._trained_intervals, "counts": dict(self.counts),
+                "first_step": dict(self.first_step)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = deque(state["history"], maxlen=self.history.maxlen)
+        self._last_raised, self._interval = dict(state["last_raised"]), state["interval"]
+        self._trained_intervals = state["trained_intervals"]
+        self.counts, self.first_step = Counter(state["counts"]), dict(state["first_step"])
+
     def _may_raise(self, kind: str) -> bool:
         last = self._last_raised.get(kind)
         return last is None or self._interval - last >= self.cooldown

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -45,7 +45,17 @@ def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 5 keeps the safety layer's state (rollbacks, early-warning history, fallback counts) and
+    made `fixed` reward normalisation the default; older runs were trained without normalisation."""
+    payload["config"].setdefault("safety", {}).setdefault("reward_normalization", "none")
+    payload.setdefault("safety", None)  # None: counters start from zero
+    return payload
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+}
 
 
 class CheckpointError(ValueError):

@@ -31,7 +31,7 @@ from dynsac.safety import (
     sanitize_observation,
     sanitize_reward,
 )
-from dynsac.safety.guards import guard_context
+from dynsac.safety.guards import guard_context, trace_policy_nonfinite
 from dynsac.safety.reward_scale import RewardNormalizer
 from dynsac.sac import GaussianPolicy, SACAgent
 from dynsac.sac.replay import ReplayBuffer
@@ -158,6 +158,7 @@ class SACTrainer:
         self.agent.context_bound = safety.context_bound
         self.reward_normalizer = RewardNormalizer(safety.reward_normalization)
         self.acting_context_fallbacks = 0
+        self.nonfinite_actions = 0  # policy outputs replaced before they reached the env
         self._reported_context_fallbacks = 0
         self.recovery = RecoveryManager(
             safety.snapshot_interval, safety.rollback_lr_factor, safety.max_rollbacks, safety.rollback_window
@@ -237,6 +238,19 @@ class SACTrainer:
                 self._event("context_fallback", message)
         return guarded
 
+    def _guard_action(self, action: np.ndarray, obs: torch.Tensor, context: torch.Tensor | None) -> np.ndarray:
+        """A non-finite action never reaches the env: it is replaced by a uniformly random one,
+        counted, and the first non-finite tensor on the policy's path is named."""
+        if np.isfinite(action).all():
+            return action
+        self.nonfinite_actions += 1
+        origin = trace_policy_nonfinite(self.policy, obs, context)
+        message = f"step {self.step}: the policy's action is non-finite ({origin}); acting uniformly at random instead"
+        if self.nonfinite_actions <= 3 or self.nonfinite_actions % 1000 == 0:
+            print(f"[dynsac] warning: {message} ({self.nonfinite_actions} so far)", flush=True)
+            self._event("nonfinite_action", message)
+        return self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+
     # ----------------------------------------------------------------- acting and learning
     def collect_step(self) -> dict[str, Any]:
         """Act once (uniformly random during warm-up), store the transition, handle episode ends."""
@@ -245,8 +259,9 @@ class SACTrainer:
             action = self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
         else:
             obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            context = self._acting_context(self.tracker)
             with torch.no_grad():
-                action = self.policy.sample(obs, self._acting_context(self.tracker))[0][0].cpu().numpy()
+                action = self._guard_action(self.policy.sample(obs, context)[0][0].cpu().numpy(), obs, context)
         env_action = self._action_center + action * self._action_half_range
         raw_next_obs, reward, terminated, truncated, info = self.env.step(env_action)
         next_obs, next_env_context = split_observation(raw_next_obs, info)
@@ -454,8 +469,10 @@ class SACTrainer:
         total, length, done = 0.0, 0, False
         while not done:
             obs_tensor = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+            context = self._acting_context(tracker)
             with torch.no_grad():
-                action = self.policy.deterministic(obs_tensor, self._acting_context(tracker))[0].cpu().numpy()
+                action = self._guard_action(self.policy.deterministic(obs_tensor, context)[0].cpu().numpy(),
+                                            obs_tensor, context)
             raw_obs, reward, terminated, truncated, info = env.step(self._action_center + action * self._action_half_range)
             next_obs, env_context = split_observation(raw_obs, info)
             next_obs = self._clean(next_obs)
@@ -582,6 +599,7 @@ class SACTrainer:
         scalars["safety/sanitized_values"] = float(self.sanitized_values)
         scalars["safety/skipped_updates"] = float(self.agent.skipped_steps)
         scalars["safety/rollbacks"] = float(self.rollbacks)
+        scalars["safety/nonfinite_actions"] = float(self.nonfinite_actions)
         scalars["safety/reward_normalization_scale"] = self.reward_normalizer.scale if self.num_updates else 1.0
         learning_fallbacks = int(self.agent.context_fallbacks)
         scalars["safety/context_fallbacks"] = float(learning_fallbacks + self.acting_context_fallbacks)
@@ -665,6 +683,12 @@ class SACTrainer:
             },
             "counters": {"sanitized_values": self.sanitized_values},
             "reward_normalizer": self.reward_normalizer.state_dict(),
+            "safety": {
+                "recovery": self.recovery.state_dict(),
+                "early_warnings": self.early_warnings.state_dict(),
+                "acting_context_fallbacks": self.acting_context_fallbacks,
+                "nonfinite_actions": self.nonfinite_actions,
+            },
         }
 
     def _space_signature(self) -> dict[str, Any]:
@@ -702,8 +726,19 @@ class SACTrainer:
         self.step, self.num_updates, self.episode = state["step"], state["num_updates"], state["episode"]
         self.sanitized_values = state["counters"]["sanitized_values"]
         self.reward_normalizer.load_state_dict(state["reward_normalizer"])
+        if state["safety"] is not None:
+            self._load_safety_state(state["safety"])
         self._restore_rng(state["rng"])
         self._restore_env(state["env"], source)
+
+    def _load_safety_state(self, safety: dict[str, Any]) -> None:
+        self.recovery.load_state_dict(safety["recovery"])
+        self.rollbacks = self.recovery.total_rollbacks
+        if self.recovery.lr_scale != 1.0:  # the rates rollbacks lowered stay lowered
+            self.agent.scale_learning_rates(self.recovery.lr_scale)
+        self.early_warnings.load_state_dict(safety["early_warnings"])
+        self.acting_context_fallbacks = safety["acting_context_fallbacks"]
+        self.nonfinite_actions = safety["nonfinite_actions"]
 
     def _restore_rng(self, rng: dict[str, Any]) -> None:
         random.setstate(rng["python"])
