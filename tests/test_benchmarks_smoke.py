@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "throughput.py"
@@ -39,7 +38,7 @@ def load_module():
 
 def test_throughput_updates_and_memory(tmp_path, subprocess_env):
     libs = "dynsac,learned,sb3" if HAS_SB3 else "dynsac,learned"
-    data = run_throughput(tmp_path, subprocess_env, "--skip-loop", "--memory-capacity", "2000", "--libs", libs)
+    data = run_throughput(tmp_path, subprocess_env, "--skip-loop", "--memory-capacity", "20000", "--libs", libs)
 
     assert data["complete"] is True
     for key in ("git_revision", "machine", "args", "hyperparameters", "updates", "loop", "memory", "targets"):
@@ -62,8 +61,8 @@ def test_throughput_updates_and_memory(tmp_path, subprocess_env):
     assert data["loop"] == {}
 
     memory = data["memory"]
-    assert memory["capacity"] == 2000 and memory["raw_bytes"] == 2000 * 42 * 4
-    assert memory["dynsac"]["nbytes"] == 2000 * (42 * 4 + 1 + 8)  # + truncated flag + episode id
+    assert memory["capacity"] == 20_000 and memory["raw_bytes"] == 20_000 * 42 * 4
+    assert memory["dynsac"]["nbytes"] == 20_000 * (42 * 4 + 1 + 8)  # + truncated flag + episode id
     assert memory["dynsac"]["rss_delta"] > 0 and memory["dynsac"]["sample_ok"]
     assert memory["dynsac"]["stores_next_obs_separately"]
     assert [t["name"] for t in data["targets"]][-1].startswith("replay RSS")
