@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from dynsac import SACTrainer
 from dynsac.config import load_config
@@ -183,3 +184,22 @@ def test_critic_options_train(tiny_config):
                                         "training.total_steps": 200, "training.checkpoint_interval": 0}))
     result = trainer.train()
     assert result.steps == 200 and trainer.agent.huber_delta == 1.0 and len(trainer.agent.critic.norm_weights) == 2
+
+
+def test_policy_delay_updates_the_actor_every_nth_update(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.policy_delay": 2, "training.total_steps": 110}))
+    trainer.train()
+    updates = trainer.num_updates
+    step_counts = {name: int(next(iter(opt.state.values()))["step"]) for name, opt in trainer.agent.optimizers.items()}
+    assert step_counts == {"critic": updates, "actor": (updates + 1) // 2, "alpha": (updates + 1) // 2}
+    logged = [r for r in read_metrics(tmp_path / "run") if "train/actor_loss" in r]
+    assert logged and all(np.isfinite(r["train/actor_loss"]) for r in logged)
+
+
+def test_bf16_precision_trains_with_fp32_weights(tmp_path, tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.precision": "bf16", "training.total_steps": 200}))
+    result = trainer.train()
+    assert result.steps == 200 and trainer._check_for_nans() == []
+    assert all(p.dtype == torch.float32 for p in trainer.agent.parameters())
+    record = [r for r in read_metrics(tmp_path / "run") if "train/q_mean" in r][-1]
+    assert np.isfinite(record["train/q_mean"]) and np.isfinite(record["train/critic_loss"])

@@ -107,6 +107,14 @@ class TrainingParams(_Section):
     checkpoint_dir: str = Field("checkpoints", description="Folder of `sac_step_{N}.pt` checkpoints.")
     save_replay_buffer: bool = Field(True, description="Store the replay buffer in checkpoints (exact resume).")
     seed: int = Field(0, ge=0, description="Seeds python, numpy, torch and the environments.")
+    policy_delay: int = Field(
+        1, ge=1, description="Update the policy and alpha once every this many critic updates (TD3/CleanRL "
+        "style; changes the algorithm: 1 is standard SAC)."
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="`bf16`: forward matmuls under bfloat16 autocast, losses, gradients and weights in "
+        "fp32 (changes the numerics; the safety checks watch it as usual)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks cuda when available.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; null keeps torch's default.")
 

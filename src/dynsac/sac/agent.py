@@ -82,8 +82,12 @@ class SACAgent(nn.Module):
         detach_policy_context: bool = True,
         critic_layer_norm: bool = False,
         huber_delta: float | None = None,
+        policy_delay: int = 1,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
+        self.policy_delay, self.bf16 = policy_delay, bf16
+        self.num_critic_updates = 0
         self.gamma, self.tau, self.max_grad_norm = gamma, tau, max_grad_norm
         self.policy = GaussianPolicy(
             obs_dim, action_dim, actor_hidden_sizes, context_dim, action_low, action_high, log_std_min, log_std_max
@@ -144,31 +148,41 @@ class SACAgent(nn.Module):
         critic_context = context if self.critic_gradient_to_map else _detached(context)
         next_context = _detached(next_context)
 
-        action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(batch.obs, policy_context)
-        metrics["entropy"] = -log_prob_pi.detach().mean()
-        metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
-
-        if self.auto_alpha:
-            loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
-            metrics["alpha_loss"] = loss_alpha.detach()
-            metrics["alpha_grad_norm"] = self._step(self.alpha_optimizer, loss_alpha, [self.log_alpha])
+        update_policy = self.num_critic_updates % self.policy_delay == 0
+        self.num_critic_updates += 1
+        if update_policy:
+            with self._autocast():
+                action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(batch.obs, policy_context)
+            log_prob_pi = log_prob_pi.float()
+            metrics["entropy"] = -log_prob_pi.detach().mean()
+            metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
+            if self.auto_alpha:
+                loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
+                metrics["alpha_loss"] = loss_alpha.detach()
+                metrics["alpha_grad_norm"] = self._step(self.alpha_optimizer, loss_alpha, [self.log_alpha])
         alpha = self.log_alpha.detach().exp()
 
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context)
             next_q = self.critic_target(batch.next_obs, next_action, next_context)
-            q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, next_log_prob, alpha, self.gamma)
-        q_pred = self.critic(batch.obs, batch.action, critic_context)
+        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q.float(), next_log_prob.float(), alpha,
+                                        self.gamma)
+        with self._autocast():
+            q_pred = self.critic(batch.obs, batch.action, critic_context)
+        q_pred = q_pred.float()
         loss_critic = losses.critic_loss(q_pred, q_target, self.huber_delta)
         metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
         if self.max_grad_norm is not None:
             metrics["q_grad_clipped"] = (metrics["q_grad_norm"] >= self.max_grad_norm).double()
 
-        q_pi = self.critic(batch.obs, action_pi, policy_context, detach_params=True)
-        loss_actor = losses.actor_loss(q_pi, log_prob_pi, alpha)
-        metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
-        if self.max_grad_norm is not None:
-            metrics["policy_grad_clipped"] = (metrics["policy_grad_norm"] >= self.max_grad_norm).double()
+        if update_policy:
+            with self._autocast():
+                q_pi = self.critic(batch.obs, action_pi, policy_context, detach_params=True)
+            loss_actor = losses.actor_loss(q_pi.float(), log_prob_pi, alpha)
+            metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
+            metrics["actor_loss"] = loss_actor.detach()
+            if self.max_grad_norm is not None:
+                metrics["policy_grad_clipped"] = (metrics["policy_grad_norm"] >= self.max_grad_norm).double()
 
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.
@@ -180,8 +194,12 @@ class SACAgent(nn.Module):
                 self.map_optimizer.step()
         self.update_targets()
         metrics.update(losses.q_statistics(q_pred, q_target))
-        metrics.update(critic_loss=loss_critic.detach(), actor_loss=loss_actor.detach(), alpha=alpha)
+        metrics.update(critic_loss=loss_critic.detach(), alpha=alpha)
         return metrics
+
+    def _autocast(self):
+        """bfloat16 autocast for the forward passes when `bf16` is on; a no-op otherwise."""
+        return torch.autocast(self.log_alpha.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _learn_context(self, batch: Batch, metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Encode both windows in one pass and backpropagate the prediction loss into the encoder

@@ -21,26 +21,26 @@ SUMMARY_FILE = "summary.json"
 
 
 class MetricAccumulator:
-    """Sums per-update metric tensors on their device; averaged and read only when logged."""
+    """Keeps per-update metric tensors on their device; averaged and read only when logged.
+
+    `add` only stores references (no tensor work per update); a metric missing from some updates
+    (the policy's, with `policy_delay` > 1) is averaged over the updates that produced it."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, Tensor] = {}
-        self._count = 0
+        self._values: dict[str, list[Tensor]] = {}
 
     def add(self, metrics: Mapping[str, Tensor]) -> None:
         for name, value in metrics.items():
-            value = value.detach().double()
-            self._sums[name] = self._sums[name] + value if name in self._sums else value
-        self._count += 1
+            self._values.setdefault(name, []).append(value.detach())
 
     def pop_means(self) -> dict[str, float]:
         """Means since the last call, as floats (the only host sync of the update metrics)."""
-        if not self._count:
+        if not self._values:
             return {}
-        names = list(self._sums)
-        values = (torch.stack([self._sums[n] for n in names]) / self._count).tolist()
-        self._sums, self._count = {}, 0
-        return dict(zip(names, values))
+        names = list(self._values)
+        means = torch.stack([torch.stack(self._values[n]).double().mean() for n in names]).tolist()
+        self._values = {}
+        return dict(zip(names, means))
 
 
 class RunLogger:

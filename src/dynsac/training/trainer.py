@@ -147,6 +147,8 @@ class SACTrainer:
             detach_policy_context=config.context.detach_policy,
             critic_layer_norm=params.critic_layer_norm,
             huber_delta=params.huber_delta if params.critic_loss == "huber" else None,
+            policy_delay=params.policy_delay,
+            bf16=params.precision == "bf16",
         ).to(self.device)
         self._action_center = self.policy.action_center.cpu().numpy()
         self._action_half_range = self.policy.action_half_range.cpu().numpy()
@@ -159,6 +161,7 @@ class SACTrainer:
         self.reward_normalizer = RewardNormalizer(safety.reward_normalization)
         self.acting_context_fallbacks = 0
         self.nonfinite_actions = 0  # policy outputs replaced before they reached the env
+        self._state_tensor_cache: tuple[tuple, list[torch.Tensor]] | None = None
         self._reported_context_fallbacks = 0
         self.recovery = RecoveryManager(
             safety.snapshot_interval, safety.rollback_lr_factor, safety.max_rollbacks, safety.rollback_window
@@ -347,9 +350,13 @@ class SACTrainer:
         return sorted(repaired)
 
     def _state_tensors(self) -> list[torch.Tensor]:
-        """Every floating-point parameter, buffer and optimizer-state tensor: what must stay finite."""
-        named = named_state_tensors(self.agent, self.agent.optimizers)
-        return [tensor for _, tensor in named if tensor.is_floating_point()]
+        """Every floating-point parameter, buffer and optimizer-state tensor: what must stay finite.
+        Cached: the list changes only when an optimizer creates or reloads its state."""
+        signature = tuple((id(opt.state), len(opt.state)) for opt in self.agent.optimizers.values())
+        if self._state_tensor_cache is None or self._state_tensor_cache[0] != signature:
+            named = named_state_tensors(self.agent, self.agent.optimizers)
+            self._state_tensor_cache = (signature, [tensor for _, tensor in named if tensor.is_floating_point()])
+        return self._state_tensor_cache[1]
 
     def _check_for_nans(self) -> list[NonFiniteReport]:
         """Every parameter, buffer and optimizer-state tensor (policy, critics, targets, log-alpha,
@@ -718,6 +725,7 @@ class SACTrainer:
         self.agent.set_learning_rates(params.actor_lr, params.critic_lr, params.alpha_lr, self.config.context.learning_rate)
         self.agent.tau, self.agent.gamma, self.agent.max_grad_norm = params.tau, params.gamma, params.max_grad_norm
         self.agent.huber_delta = params.huber_delta if params.critic_loss == "huber" else None
+        self.agent.policy_delay, self.agent.bf16 = params.policy_delay, params.precision == "bf16"
         if state["buffer"] is not None:
             try:
                 self.buffer.load_state_dict(state["buffer"])
