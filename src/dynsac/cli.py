@@ -1,7 +1,8 @@
-"""Command line: `dynsac train | resume | eval | plot | summary`.
+"""Command line: `dynsac train | resume | eval | plot | summary | sweep`.
 
 Exit status: 0 done, 2 bad input (config, checkpoint, env), 3 stopped by the safety policy
-(emergency checkpoint and diagnosis written), 130 interrupted (checkpoint saved).
+(emergency checkpoint and diagnosis written), 130 interrupted (checkpoint saved); `dynsac sweep`:
+1 when a trial failed.
 """
 
 from __future__ import annotations

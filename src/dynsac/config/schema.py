@@ -175,7 +175,7 @@ class SafetyConfig(_Section):
         1e4, gt=0, description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned)."
     )
     reward_normalization: Literal["none", "fixed", "running"] = Field(
-        "none",
+        "fixed",
         description="Scale sampled rewards by 1/std: `fixed` from warm-up statistics (frozen at the first "
         "update), `running` from all rewards so far; `none` uses them as stored.",
     )

@@ -43,10 +43,10 @@ from dynsac.training.checkpoint import list_checkpoints
 from dynsac.training.logger import METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, read_metrics
 
 # The knobs users try first when a run is unstable (exploding Q values, NaN rollbacks, collapsing
-# returns). 2 x 2 x 2 x 2 = 16 configs; narrow any key with --grid, e.g. --grid training.reward_scale=[0.1].
+# returns). 2 x 2 x 2 x 2 = 16 configs; narrow any key with --grid, e.g. --grid training.tau=[0.001].
 PRESETS: dict[str, dict[str, list[Any]]] = {
     "stability": {
-        "training.reward_scale": [1.0, 0.1],      # smaller rewards, smaller Q targets and gradients
+        "safety.reward_normalization": ["fixed", "running"],  # reward scale from warm-up, or tracked
         "training.learning_rate": [3e-4, 1e-4],   # the SAC default and a 3x slower one
         "training.tau": [0.005, 0.001],           # slower-moving target critics
         "training.max_grad_norm": [10.0, 1.0],    # gradient clipping: loose and tight
@@ -244,7 +244,37 @@ def plan_sweep(
         raise ConfigError("two grid values give the same trial folder name; make the values distinct")
     for trial in plan.trials:
         check_trial_folder(trial)
+    check_envs(plan.trials)
     return plan
+
+
+def check_envs(trials: Sequence[Trial]) -> None:
+    """Build, reset and step each distinct environment once: a wrong env id or kwarg stops the sweep
+    here (EnvError, exit 2), not in every trial after Ray has started."""
+    seen = set()
+    for trial in trials:
+        env = trial.config.env
+        key = json.dumps([env.id, env.kwargs, env.eval_kwargs, env.max_episode_steps], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            _try_env(env.id, env.kwargs, env.max_episode_steps)
+            if env.eval_kwargs:
+                _try_env(env.id, {**env.kwargs, **env.eval_kwargs}, env.max_episode_steps)
+
+
+def _try_env(env_id: str, kwargs: dict[str, Any], max_episode_steps: int | None) -> None:
+    from dynsac.envs.factory import EnvError, make_env
+
+    env = make_env(env_id, kwargs, max_episode_steps)
+    try:
+        env.action_space.seed(0)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+    except Exception as err:  # noqa: BLE001 - any failure of a first step is the env's config at fault
+        raise EnvError(f"env.id = {env_id!r} with env.kwargs = {kwargs!r}: the first step failed: "
+                       f"{type(err).__name__}: {err}") from None
+    finally:
+        env.close()
 
 
 def check_trial_folder(trial: Trial) -> None:
@@ -463,10 +493,11 @@ def _fit(ray, tune, plan: SweepPlan, pending: list[Trial], address: str | None, 
     tune_folder = plan.folder / TUNE_FOLDER
     shutil.rmtree(tune_folder, ignore_errors=True)  # Tune's files of an earlier attempt; trials keep their own
     env_vars = {"OMP_NUM_THREADS": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
-    if address:
+    owned = not ray.is_initialized()  # called from a program that already set Ray up: use its instance
+    if owned and address:
         ray.init(address=address, runtime_env={"env_vars": env_vars})
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+    elif owned:  # "local": a new instance even where RAY_ADDRESS points at a cluster
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  runtime_env={"env_vars": env_vars})
     try:
         trainable = tune.with_resources(tune.with_parameters(_tune_trainable, specs=specs), {"cpu": 1})
@@ -488,7 +519,8 @@ def _fit(ray, tune, plan: SweepPlan, pending: list[Trial], address: str | None, 
                 errors[name] = _first_line(result.error)
         return errors
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
 
 
 def _tune_trainable(tune_config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
@@ -582,8 +614,8 @@ def format_group_table(rows: list[dict[str, Any]]) -> str:
     width = max(len("config"), *(len(group) for group in groups))
     lines = [f"{'config':<{width}}  {'seeds':>5} {'final eval mean':>16} {'std':>10} {'min':>10}"]
     for group, values in sorted(groups.items(), key=lambda item: -statistics.fmean(item[1])):
-        spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-        lines.append(f"{group:<{width}}  {len(values):>5} {statistics.fmean(values):>16,.2f} {spread:>10,.2f} "
+        spread = f"{statistics.pstdev(values):,.2f}" if len(values) > 1 else "-"
+        lines.append(f"{group:<{width}}  {len(values):>5} {statistics.fmean(values):>16,.2f} {spread:>10} "
                      f"{min(values):>10,.2f}")
     return "\n".join(lines)
 
