@@ -328,19 +328,12 @@ def dynsac_loop_variant(name: str, trainer, log_dir: Path) -> Variant:
     """The inner loop of SACTrainer.train(), without evaluation and checkpoints."""
     from dynsac.training.logger import RunLogger
 
-    log_cfg, params = trainer.config.logging, trainer.config.training
-    trainer.logger = RunLogger(log_dir, log_cfg.tensorboard)
+    trainer.logger = RunLogger(log_dir, trainer.config.logging.tensorboard)
     trainer._log_clock = (time.monotonic(), trainer.step, trainer.num_updates)
 
     def run(n: int) -> None:
         for _ in range(n):
-            trainer.collect_step()
-            if trainer.step >= params.learning_starts:
-                for _ in range(params.updates_per_step):
-                    if trainer.stop_reason is None:
-                        trainer.update()
-            if trainer.step % log_cfg.log_interval == 0:
-                trainer._log_training()
+            trainer.train_step()
 
     def close() -> None:
         trainer.logger.close()

@@ -107,7 +107,7 @@ def test_quantities_not_varied_keep_their_xml_values():
 
 def test_dynamics_change_the_motion():
     def velocities(scales):
-        env = md.make_random_half_cheetah()
+        env = md.make_preset("dynsac/RandomHalfCheetah-v0")
         env.reset(seed=0)
         env.set_scales(**scales)
         for _ in range(20):
@@ -248,13 +248,13 @@ def test_restore_refuses_another_preset():
 )
 def test_bad_kwargs_name_the_kwarg_and_valid_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        md.make_random_half_cheetah(**kwargs)
+        md.make_preset("dynsac/RandomHalfCheetah-v0", **kwargs)
     with pytest.raises(EnvError, match=message):  # through the config path: exit status 2, no traceback
         make_env(CHEETAH, kwargs)
 
 
 def test_range_forms_and_overrides():
-    env = md.make_random_half_cheetah(split="test", mass_range={"values": [0.5]}, friction_range=[[0.5, 0.6], [2.0, 2.1]])
+    env = md.make_preset("dynsac/RandomHalfCheetah-v0", split="test", mass_range={"values": [0.5]}, friction_range=[[0.5, 0.6], [2.0, 2.1]])
     assert env.varied == ("mass", "damping", "friction")
     _, info = env.reset(seed=0)
     assert info["context"][0] == 0.5 and 0.2 <= info["context"][1] <= 1.8
@@ -279,7 +279,7 @@ def test_missing_mujoco_names_the_extra(monkeypatch):
         make_env(CHEETAH)
     assert CHEETAH not in gym.registry  # not registered without mujoco
     with pytest.raises(md.MuJoCoNotInstalled, match=r"pip install -e '\.\[mujoco\]'"):
-        md.make_random_ant()
+        md.make_preset("dynsac/RandomAnt-v0")
 
 
 # ----------------------------------------------------------------------------- training

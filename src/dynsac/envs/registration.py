@@ -31,15 +31,18 @@ _SPECS: dict[str, dict[str, object]] = {
 # registered only when `mujoco` is installed; make_env names the extra to install otherwise.
 MUJOCO_SPECS: dict[str, dict[str, object]] = {
     RANDOM_HALF_CHEETAH_ID: {
-        "entry_point": "dynsac.envs.mujoco_dynamics:make_random_half_cheetah",
+        "entry_point": "dynsac.envs.mujoco_dynamics:make_preset",
+        "kwargs": {"preset_id": RANDOM_HALF_CHEETAH_ID},
         "max_episode_steps": 1000,
     },
     RANDOM_ANT_ID: {
-        "entry_point": "dynsac.envs.mujoco_dynamics:make_random_ant",
+        "entry_point": "dynsac.envs.mujoco_dynamics:make_preset",
+        "kwargs": {"preset_id": RANDOM_ANT_ID},
         "max_episode_steps": 1000,
     },
     RANDOM_HOPPER_ID: {
-        "entry_point": "dynsac.envs.mujoco_dynamics:make_random_hopper",
+        "entry_point": "dynsac.envs.mujoco_dynamics:make_preset",
+        "kwargs": {"preset_id": RANDOM_HOPPER_ID},
         "max_episode_steps": 1000,
     },
 }

@@ -516,13 +516,7 @@ class SACTrainer:
         self._announce(total, resumed)
         with self._stop_on_signals():
             while self.step < total and not self._stop_requested:
-                self.collect_step()
-                if self.step >= params.learning_starts:
-                    for _ in range(params.updates_per_step):
-                        if self.stop_reason is None:
-                            self.update()
-                if self.step % log_cfg.log_interval == 0:
-                    self._log_training()
+                self.train_step()
                 if params.eval_interval and self.step % params.eval_interval == 0:
                     final_eval = self._log_evaluation(progress)
                     eval_history.append((self.step, final_eval.mean))
@@ -557,6 +551,18 @@ class SACTrainer:
             print(f"[dynsac] interrupted at step {self.step}; resume with:\n  {resume_command(last_checkpoint)}")
         return TrainResult(self.step, time.monotonic() - start, final_eval, last_checkpoint, interrupted,
                            eval_history, self.stop_reason)
+
+    def train_step(self) -> None:
+        """One env step, its updates and, on schedule, the training log line: what `train` repeats
+        between its evaluations and checkpoints (needs `self.logger`, which `train` opens)."""
+        params = self.config.training
+        self.collect_step()
+        if self.step >= params.learning_starts:
+            for _ in range(params.updates_per_step):
+                if self.stop_reason is None:
+                    self.update()
+        if self.step % self.config.logging.log_interval == 0:
+            self._log_training()
 
     def _announce(self, total: int, resumed: bool) -> None:
         if self.config.logging.progress == "off":
