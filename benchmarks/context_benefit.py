@@ -1,10 +1,14 @@
 """Does the dynamics map help? SAC with no context, a learned context and the oracle context.
 
-For each env (dynsac/RandomLinear-v0, dynsac/RandomPendulum-v0), each `context.source`
-(`none`: plain SAC; `learned`: the dynamics-map encoder; `env`: the env's true dynamics
-parameters, an upper bound) and each seed, SAC is trained for a fixed number of steps and its
-deterministic policy is evaluated on train-range and on held-out test-range dynamics
-(`trainer.evaluate(episodes, {"split": "train" | "test"})`, 10 episodes each).
+For each env (dynsac/RandomLinear-v0, dynsac/RandomPendulum-v0; dynsac/RandomHalfCheetah-v0 on
+request, `--envs halfcheetah`, needs MuJoCo), each `context.source` (`none`: plain SAC; `learned`:
+the dynamics-map encoder; `env`: the env's true dynamics parameters, an upper bound) and each
+seed, SAC is trained for a fixed number of steps and its deterministic policy is evaluated on
+train-range and on held-out test-range dynamics (`trainer.evaluate(episodes, {"split": "train" |
+"test"})`, `--eval-episodes`, 10 each). During training every run also logs a learning curve:
+`eval/return_mean` every `--eval-interval` steps (1000; 0 = none) over `--curve-episodes`
+episodes (5) on the config's eval dynamics (`env.eval_kwargs`: train range for RandomLinear and
+RandomPendulum, test range for RandomHalfCheetah).
 
 The script prints a table (mean ± std over seeds) and checks three targets:
   1. RandomLinear, learned: optimality ratio >= 0.9 on train-range dynamics;
@@ -15,15 +19,20 @@ The script prints a table (mean ± std over seeds) and checks three targets:
 
 Runs go to a pool of `--jobs` worker processes (spawned; one torch thread each). Each finished
 run is written to the JSON at once, so a killed benchmark leaves partial results, and
-`--resume-results` skips the runs the JSON already holds.
+`--resume-results` skips the runs the JSON already holds (same step budget and eval interval,
+run folder still there). `--set KEY=VALUE` (repeatable) adds config overrides to every run, e.g.
+smaller networks for a smoke test; the keys the script sets itself are refused.
 
     PYTHONPATH=src python benchmarks/context_benefit.py                      # full: 18 runs
     PYTHONPATH=src python benchmarks/context_benefit.py --linear-steps 300 --pendulum-steps 300 \\
         --seeds 0 --out /tmp/cb_smoke.json                                   # smoke test
     PYTHONPATH=src python benchmarks/context_benefit.py --resume-results     # finish a killed run
+    dynsac plot benchmarks/results/context_benefit_runs/ --out context_benefit.png   # its curves
 
-Per-run logs (metrics.jsonl, TensorBoard) go to benchmarks/results/context_benefit_runs/
-{env}_{source}_seed{seed}, readable by `dynsac plot`.
+Per-run logs (metrics.jsonl, config.yaml, summary.json, TensorBoard) go to
+benchmarks/results/context_benefit_runs/{env}_{source}_seed{seed}: `dynsac plot` on that folder
+draws each env's none / learned / env curves (mean over seeds, min-max band, the LQR optimum on
+RandomLinear); benchmarks/gallery.py draws the README's gallery from short runs of this script.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ LINEAR_CONFIG = REPO_ROOT / "training" / "config_dynamics_map.yaml"
 LINEAR_OVERRIDES: list[str] = []
 PENDULUM_CONFIG = REPO_ROOT / "configs" / "random_pendulum.yaml"
 PENDULUM_OVERRIDES: list[str] = []
+HALFCHEETAH_CONFIG = REPO_ROOT / "configs" / "random_halfcheetah_learned.yaml"
+HALFCHEETAH_OVERRIDES = ["training.learning_starts=1000"]  # the config's 10,000 exceeds this script's budgets
 # Used only while configs/random_pendulum.yaml does not exist.
 PENDULUM_FALLBACK_CONFIG = LINEAR_CONFIG
 PENDULUM_FALLBACK_OVERRIDES = [
@@ -58,11 +69,22 @@ PENDULUM_FALLBACK_OVERRIDES = [
     "training.learning_starts=1000",
 ]
 
-ENVS = ("linear", "pendulum")
-ENV_IDS = {"linear": "dynsac/RandomLinear-v0", "pendulum": "dynsac/RandomPendulum-v0"}
+ENVS = ("linear", "pendulum", "halfcheetah")
+DEFAULT_ENVS = ("linear", "pendulum")
+ENV_IDS = {"linear": "dynsac/RandomLinear-v0", "pendulum": "dynsac/RandomPendulum-v0",
+           "halfcheetah": "dynsac/RandomHalfCheetah-v0"}
 SOURCES = ("none", "learned", "env")
 SPLITS = ("train", "test")
 EVAL_EPISODES = 10
+EVAL_INTERVAL = 1000
+CURVE_EPISODES = 5
+# Set per run by the script: --set may not override them (the flag that does is named in the error).
+RESERVED_KEYS = {
+    "training.seed": "--seeds", "training.total_steps": "--linear-steps / --pendulum-steps / --halfcheetah-steps",
+    "context.source": "--sources", "training.eval_interval": "--eval-interval",
+    "training.eval_episodes": "--curve-episodes", "logging.dir": "--runs-dir", "env.id": "--envs",
+    "training.checkpoint_interval": None, "logging.progress": None, "training.torch_threads": None,
+}
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "context_benefit.json"
 RUNS_DIR = REPO_ROOT / "benchmarks" / "results" / "context_benefit_runs"
@@ -80,18 +102,30 @@ def _csv(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train SAC with context.source none / learned / env on RandomLinear and RandomPendulum "
-        "and compare returns on train-range and held-out test-range dynamics."
+        "(and RandomHalfCheetah on request) and compare returns on train-range and held-out test-range dynamics."
     )
     parser.add_argument("--linear-steps", type=int, default=10_000, help="training steps per RandomLinear run (default 10000)")
     parser.add_argument("--pendulum-steps", type=int, default=10_000, help="training steps per RandomPendulum run (default 10000)")
+    parser.add_argument("--halfcheetah-steps", type=int, default=10_000,
+                        help="training steps per RandomHalfCheetah run (default 10000; only with --envs halfcheetah)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated context sources (default none,learned,env)")
-    parser.add_argument("--envs", default=",".join(ENVS), help="comma-separated envs: linear, pendulum (default both)")
+    parser.add_argument("--envs", default=",".join(DEFAULT_ENVS),
+                        help="comma-separated envs: linear, pendulum, halfcheetah (needs MuJoCo) (default linear,pendulum)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel worker processes, one torch thread each (default 2)")
-    parser.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help="evaluation episodes per split (default 10)")
+    parser.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES,
+                        help="final evaluation episodes per split (default 10)")
+    parser.add_argument("--eval-interval", type=int, default=EVAL_INTERVAL,
+                        help="log eval/return_mean every N training steps, the learning curve `dynsac plot` draws "
+                        f"(training.eval_interval; default {EVAL_INTERVAL}; 0: only at the end)")
+    parser.add_argument("--curve-episodes", type=int, default=CURVE_EPISODES,
+                        help=f"episodes per learning-curve evaluation (training.eval_episodes; default {CURVE_EPISODES})")
+    parser.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every run, e.g. training.hidden_sizes=[16,16] (repeatable)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results (default benchmarks/results/context_benefit.json)")
     parser.add_argument("--runs-dir", default=str(RUNS_DIR), help="per-run log folders (default benchmarks/results/context_benefit_runs)")
-    parser.add_argument("--resume-results", action="store_true", help="skip the runs --out already holds (same step budget)")
+    parser.add_argument("--resume-results", action="store_true", help="skip the runs --out already holds complete (same step budget and "
+                        "learning-curve settings, run folder still there)")
     args = parser.parse_args(argv)
 
     try:
@@ -107,9 +141,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if unknown or not chosen:
             parser.error(f"--{name}: unknown {unknown}; choose from {', '.join(valid)}")
         setattr(args, name, [v for v in valid if v in chosen])  # canonical order, no duplicates
-    for name in ("linear_steps", "pendulum_steps", "jobs", "eval_episodes"):
+    for name in ("linear_steps", "pendulum_steps", "halfcheetah_steps", "jobs", "eval_episodes", "curve_episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.eval_interval < 0:
+        parser.error("--eval-interval must be >= 0 (0: no learning curve, only the final evaluation)")
+    for override in args.set:
+        key, sep, _ = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            parser.error(f"--set {override!r}: expected KEY=VALUE, e.g. training.hidden_sizes=[16,16]")
+        if key in RESERVED_KEYS:
+            flag = RESERVED_KEYS[key]
+            parser.error(f"--set {override!r}: {key} is set by this script" + (f"; use {flag}" if flag else ""))
     args.out = Path(args.out)
     args.runs_dir = Path(args.runs_dir)
     return args
@@ -118,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def base_config(env: str) -> tuple[Path, list[str]]:
     if env == "linear":
         return LINEAR_CONFIG, list(LINEAR_OVERRIDES)
+    if env == "halfcheetah":
+        return HALFCHEETAH_CONFIG, list(HALFCHEETAH_OVERRIDES)
     if PENDULUM_CONFIG.is_file():
         return PENDULUM_CONFIG, list(PENDULUM_OVERRIDES)
     return PENDULUM_FALLBACK_CONFIG, list(PENDULUM_FALLBACK_OVERRIDES)
@@ -135,6 +181,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     use_snapshot(spec.get("code_dir"))
     result: dict[str, Any] = {k: spec[k] for k in ("key", "env", "source", "seed", "steps", "git")}
+    for key in ("eval_interval", "curve_episodes"):
+        if key in spec:
+            result[key] = spec[key]
     start = time.perf_counter()
     try:
         from dynsac.config import load_config
@@ -182,6 +231,14 @@ def is_complete(run: dict[str, Any] | None, steps: int) -> bool:
         and run.get("train_steps") == steps and all(split in run for split in SPLITS)
 
 
+def can_skip(run: dict[str, Any] | None, steps: int, args: argparse.Namespace, log_dir: Path) -> bool:
+    """--resume-results: a run the JSON holds complete, with the same learning-curve settings (runs
+    from before --eval-interval existed logged none: 0) and its run folder still there."""
+    return is_complete(run, steps) and run.get("eval_interval", 0) == args.eval_interval \
+        and (args.eval_interval == 0 or run.get("curve_episodes") == args.curve_episodes) \
+        and (log_dir / "summary.json").is_file()
+
+
 # ----------------------------------------------------------------------------- statistics
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
@@ -209,7 +266,7 @@ def summarize(runs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def steps_for(args: argparse.Namespace, env: str) -> int:
-    return args.linear_steps if env == "linear" else args.pendulum_steps
+    return getattr(args, f"{env}_steps")
 
 
 def _fmt(x: float) -> str:
@@ -356,6 +413,11 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"Base config {env}: {path}" + (f" + {overrides}" if overrides else ""))
     print(f"Returns: mean ± std over seeds (std: sample std, ddof=1) of each run's mean eval return; "
           f"higher is better.\nOptimality ratio (RandomLinear): optimal (LQR) return / agent return, 1.0 = optimal.")
+    if args.set:
+        print(f"Extra overrides (--set): {args.set}")
+    curves = (f"eval/return_mean every {args.eval_interval:,} steps over {args.curve_episodes} episode(s)"
+              if args.eval_interval else "final evaluation only (--eval-interval 0)")
+    print(f"Learning curves: {curves}, in {args.runs_dir} (draw them: dynsac plot {args.runs_dir})")
     print(f"Runs complete: {report['runs_complete']}/{report['runs_expected']}"
           + ("" if report["finished"] else "  (PARTIAL RESULTS)"))
     errors = {k: r["error"] for k, r in report["runs"].items() if "error" in r}
@@ -395,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         "env_ids": {e: ENV_IDS[e] for e in args.envs},
         "steps": {e: steps_for(args, e) for e in args.envs},
         "eval_episodes": args.eval_episodes,
+        "eval_interval": args.eval_interval,
+        "curve_episodes": args.curve_episodes,
+        "extra_overrides": args.set,
         "base_configs": {e: {"path": str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p),
                              "overrides": o} for e, (p, o) in configs.items()},
         "runs_dir": str(args.runs_dir),
@@ -405,8 +470,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume_results:
         runs, earlier_wall = read_previous_runs(args.out)
 
+    if args.set:  # a bad --set fails here, once, not in every run
+        from dynsac.config import load_config
+
+        try:
+            for path, extra in configs.values():
+                load_config(path, extra + args.set)
+        except ValueError as err:
+            print(f"[context_benefit] error: --set {args.set}: {err}", file=sys.stderr)
+            return 2
+
     snapshot, copies = snapshot_source("context_benefit_src_", [path for path, _ in configs.values()])
-    snap_configs = {env: (copies[path], extra) for env, (path, extra) in configs.items()}
+    snap_configs = {env: (copies[path], extra + args.set) for env, (path, extra) in configs.items()}
 
     specs = []
     # Seed-major order: if the benchmark is cut short, every env x source has its first seeds.
@@ -414,24 +489,27 @@ def main(argv: list[str] | None = None) -> int:
         for env in args.envs:
             for source in args.sources:
                 key, steps = run_key(env, source, seed), steps_for(args, env)
-                if is_complete(runs.get(key), steps):
-                    continue
-                path, extra = snap_configs[env]
                 log_dir = args.runs_dir / key
+                if can_skip(runs.get(key), steps, args, log_dir):
+                    continue
+                runs.pop(key, None)  # rerun: an outdated result must not count as done if this one fails
+                path, extra = snap_configs[env]
                 overrides = [
                     *extra,
                     f"training.seed={seed}",
                     f"training.total_steps={steps}",
                     f"context.source={source}",
                     "training.checkpoint_interval=0",
-                    "training.eval_interval=0",
+                    f"training.eval_interval={args.eval_interval}",
+                    f"training.eval_episodes={args.curve_episodes}",
                     f"logging.dir={log_dir}",
                     "logging.progress=off",
                     "training.torch_threads=1",
                 ]
                 specs.append({"key": key, "env": env, "source": source, "seed": seed, "steps": steps,
                               "config_path": str(path), "overrides": overrides, "log_dir": str(log_dir),
-                              "eval_episodes": args.eval_episodes, "code_dir": str(snapshot), "git": meta["git"]})
+                              "eval_episodes": args.eval_episodes, "eval_interval": args.eval_interval,
+                              "curve_episodes": args.curve_episodes, "code_dir": str(snapshot), "git": meta["git"]})
     total = len(args.envs) * len(args.sources) * len(args.seeds)
     print(f"[context_benefit] {len(specs)} run(s) to do ({total - len(specs)} already in {args.out}), "
           f"{args.jobs} worker(s); steps: {meta['steps']}; configs: "

@@ -214,7 +214,7 @@ def test_forensics_names_the_planted_nan_layer(tmp_path, tiny_config):
         trainer.agent.critic.weights[1][0, 3, 7] = float("nan")
     trainer.train(300)
     (nonfinite, *_) = events(tmp_path, "nonfinite")
-    assert "forensics: first non-finite output: critic ensemble layer 1 baddbmm" in nonfinite["message"]
+    assert "forensics: first non-finite output: critic ensemble layer 1 bmm" in nonfinite["message"]
 
 
 def test_forensics_names_the_poisoned_transition(tmp_path, tiny_config):

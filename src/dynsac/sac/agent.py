@@ -44,7 +44,7 @@ def grad_norm_and_clip(parameters: Iterable[nn.Parameter], max_norm: float | Non
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros((), dtype=torch.float64)
-    per_tensor = torch._foreach_norm([g.double() for g in grads])
+    per_tensor = torch._foreach_norm(grads, 2, dtype=torch.float64)  # accumulates in fp64, no copies
     total = torch.linalg.vector_norm(torch.stack(per_tensor))
     if max_norm is not None:
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
