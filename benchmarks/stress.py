@@ -162,6 +162,7 @@ def dynsac_config(spec: dict[str, Any]):
         "training.torch_threads=1",
         "training.device=cpu",
         f"logging.dir={spec['log_dir']}",
+        f"training.checkpoint_dir={spec['log_dir']}/checkpoints",  # where a safety stop's emergency checkpoint goes
         "logging.progress=off",
         *([f"training.tau={spec['tau']}"] if spec["tau"] is not None else []),
         *spec["extra"],

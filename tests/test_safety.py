@@ -328,3 +328,13 @@ def test_safety_state_survives_a_checkpoint(tmp_path, tiny_config):
     assert resumed.agent.learning_rates() == pytest.approx(trainer.agent.learning_rates())
     assert resumed.early_warnings.state_dict() == trainer.early_warnings.state_dict()
     assert len(resumed.early_warnings.history) == len(trainer.early_warnings.history) > 0
+
+
+def test_huge_but_finite_state_is_not_mistaken_for_nonfinite():
+    """Entries of 1e30 square to Inf in an L2 norm; the finiteness check must not care."""
+    from dynsac.safety import all_finite
+
+    huge = [torch.full((64,), 1e30), torch.ones(3)]
+    assert bool(all_finite(huge))
+    assert not bool(all_finite(huge + [torch.tensor([0.0, float("nan")])]))
+    assert not bool(all_finite(huge + [torch.tensor([float("-inf")])]))

@@ -74,8 +74,9 @@ def find_nonfinite(named_tensors: Iterable[tuple[str, Tensor]]) -> list[NonFinit
 
 
 def all_finite(tensors: list[Tensor]) -> Tensor:
-    """One 0-d bool tensor for many tensors, without a host sync (norms of finite tensors are finite,
-    unless an entry is beyond ~1e19, itself a sign of divergence)."""
+    """One 0-d bool tensor for many tensors, without a host sync. Uses each tensor's largest |entry|
+    (NaN if it holds a NaN, Inf if an Inf): exact, where an L2 norm would overflow to Inf for
+    finite entries beyond ~1e19 (Adam's second moments reach that when rewards are huge)."""
     if not tensors:
         return torch.tensor(True)
-    return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all()
