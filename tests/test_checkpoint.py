@@ -73,7 +73,7 @@ def test_checkpoint_holds_everything(trained):
     _, path = trained
     payload = load_checkpoint(path)
     assert payload["format_version"] == FORMAT_VERSION
-    for key in ("agent", "buffer", "rng", "env", "config", "step", "spaces"):
+    for key in ("agent", "buffer", "rng", "envs", "config", "step", "spaces"):
         assert key in payload
     assert payload["buffer"]["size"] == 200
     assert set(payload["agent"]["optimizers"]) == {"actor", "critic", "alpha"}
@@ -238,5 +238,5 @@ def test_every_released_format_has_a_fixture(version):
 def test_migrated_learned_context_keeps_its_unbounded_encoder():
     from dynsac.training.checkpoint import migrate
 
-    old = {"format_version": 3, "config": {"context": {"source": "learned"}}, "env": {"context": {}}}
+    old = {"format_version": 3, "config": {"context": {"source": "learned"}}, "env": {"context": {}}, "episode": 0}
     assert migrate(old)["config"]["context"]["bounded"] is False

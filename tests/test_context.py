@@ -9,6 +9,7 @@ from dynsac import SACTrainer
 from dynsac.config import load_config
 from dynsac.context import ContextError, DynamicsMap, HistoryWindow, RunningNormalizer
 from dynsac.sac.replay import ReplayBuffer
+from dynsac.training import CheckpointError
 from dynsac.training.logger import read_metrics
 
 from conftest import tiny_overrides
@@ -204,3 +205,47 @@ def test_encoder_gradient_options_change_what_trains_the_encoder(tmp_path):
     assert not torch.equal(default, encoder_after_update(True, True))
     assert not torch.equal(default, encoder_after_update(False, False))
     assert torch.isfinite(encoder_after_update(True, False)).all()
+
+
+LEARNED_TINY = {"context.source": "learned", "context.history_length": 4, "context.encoder_hidden_sizes": "[16]",
+                "context.model_hidden_sizes": "[16]", "training.eval_interval": 0}
+
+
+def test_windows_from_buffer_equal_each_envs_acting_window_with_several_envs(tmp_path):
+    """Three envs with 50-step episodes in a 97-slot buffer: across episode ends and wrap-around,
+    the window rebuilt for each env's latest transition is the one its tracker will act with."""
+    trainer = SACTrainer(load_config(None, tiny_overrides(tmp_path, **{
+        **LEARNED_TINY, "env.id": "dynsac/RandomLinear-v0", "training.num_envs": 3, "training.buffer_size": 97,
+        "training.learning_starts": 10_000})))
+    slots, buffer, checked = trainer.slots, trainer.buffer, 0
+    for _ in range(120):  # 360 transitions: 7 episodes per env, the buffer wraps 3 times
+        trainer.collect_step()
+        for env_index, slot in enumerate(slots):
+            latest = torch.tensor([(buffer.position - len(slots) + env_index) % buffer.capacity])
+            features, mask = buffer.windows(latest, 4)
+            window = slot.tracker.window
+            if slot.episode_length == 0:  # the env was just reset: its new window is empty
+                assert window.mask.sum() == 0
+                continue
+            np.testing.assert_array_equal(mask[0, 1:].numpy(), window.mask)
+            valid = window.mask == 1
+            np.testing.assert_allclose(features[0, 1:].numpy()[valid], window.features[valid], rtol=1e-6)
+            checked += 1
+    assert checked > 300 and trainer.step == 360 and len({s.episode_id for s in slots}) == 3
+
+
+def test_several_envs_train_and_resume_bit_exact(tmp_path):
+    overrides = {**LEARNED_TINY, "env.id": "dynsac/RandomPendulum-v0", "training.num_envs": 2}
+    straight = SACTrainer(load_config(None, tiny_overrides(tmp_path / "a", **overrides)))
+    result = straight.train()
+    assert result.steps == 400 and straight.num_updates == 400 - 100 + 2  # 2 updates per 2-env step from 100
+    first = SACTrainer(load_config(None, tiny_overrides(tmp_path / "b", **{**overrides, "training.total_steps": 250})))
+    first.train()
+    checkpoint = tmp_path / "b" / "checkpoints" / "sac_step_250.pt"
+    resumed = SACTrainer.from_checkpoint(checkpoint, load_config(None, tiny_overrides(tmp_path / "b", **overrides)))
+    resumed.train()
+    for (name, a), b in zip(straight.agent.state_dict().items(), resumed.agent.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="training.num_envs=2, but the config has num_envs=3"):
+        SACTrainer.from_checkpoint(checkpoint, load_config(None, tiny_overrides(tmp_path / "c", **{
+            **overrides, "training.num_envs": 3})))

@@ -107,6 +107,11 @@ class TrainingParams(_Section):
     checkpoint_dir: str = Field("checkpoints", description="Folder of `sac_step_{N}.pt` checkpoints.")
     save_replay_buffer: bool = Field(True, description="Store the replay buffer in checkpoints (exact resume).")
     seed: int = Field(0, ge=0, description="Seeds python, numpy, torch and the environments.")
+    num_envs: int = Field(
+        1, ge=1, description="Environments stepped side by side, each with its own episode and dynamics-map "
+        "history; one batched policy forward acts for all. Steps count every env's transitions, and "
+        "updates_per_step applies per env step."
+    )
     policy_delay: int = Field(
         1, ge=1, description="Update the policy and alpha once every this many critic updates (TD3/CleanRL "
         "style; changes the algorithm: 1 is standard SAC)."

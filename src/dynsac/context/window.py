@@ -48,17 +48,18 @@ class HistoryWindow:
 
 
 def window_indices(
-    index: Tensor, length: int, episode_id: Tensor, position: int, size: int, capacity: int, include_self: bool
+    index: Tensor, length: int, episode_id: Tensor, position: int, size: int, capacity: int, include_self: bool,
+    stride: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Buffer slots of the K transitions before `index` (or ending at it, with `include_self`) in the
     same episode, and their validity mask. Slots are (B, K), oldest first.
 
-    Transitions from one environment are stored in order, so the j-th previous transition sits at
-    slot index - j (mod capacity). It is valid if it is still in the buffer (not older than the
-    oldest retained transition) and belongs to the same episode.
+    `stride` envs store one transition each per step, always in the same order, so the j-th previous
+    transition of the same env sits at slot index - j * stride (mod capacity). It is valid if it is
+    still in the buffer (not older than the oldest retained transition) and belongs to the same episode.
     """
     shift = 0 if include_self else 1
-    offsets = torch.arange(length - 1 + shift, shift - 1, -1, device=index.device)  # oldest first
+    offsets = torch.arange(length - 1 + shift, shift - 1, -1, device=index.device) * stride  # oldest first
     slots = (index.unsqueeze(1) - offsets) % capacity
     oldest = position if size == capacity else 0
     age_of_index = (index - oldest) % capacity  # how many transitions are retained before index

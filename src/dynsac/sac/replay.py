@@ -40,7 +40,8 @@ class Batch:
 
 
 class ReplayBuffer:
-    """Circular buffer of single-env transitions."""
+    """Circular buffer of transitions. With `num_envs` > 1, each step stores one transition per env,
+    always in env order, which is what lets `windows` find an env's previous transitions."""
 
     def __init__(
         self,
@@ -49,7 +50,9 @@ class ReplayBuffer:
         action_dim: int,
         device: torch.device | str = "cpu",
         context_dim: int = 0,
+        num_envs: int = 1,
     ) -> None:
+        self.num_envs = num_envs
         self.capacity, self.obs_dim, self.action_dim, self.context_dim = capacity, obs_dim, action_dim, context_dim
         self.device = torch.device(device)
         make = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
@@ -124,7 +127,8 @@ class ReplayBuffer:
         """Features (B, K+1, F) and mask (B, K+1) of the transitions ending at `index`, oldest first:
         [:, :-1] is the window before s, [:, 1:] the window before s'."""
         slots, valid = window_indices(
-            index, history_length + 1, self.episode_id, self.position, self.size, self.capacity, include_self=True
+            index, history_length + 1, self.episode_id, self.position, self.size, self.capacity, include_self=True,
+            stride=self.num_envs,
         )
         features = transition_features(self.obs[slots], self.action[slots], self.next_obs[slots])
         return features, valid.to(features.dtype)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -53,8 +53,17 @@ def _v4_to_v5(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _v5_to_v6(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 6 trains on `training.num_envs` envs: one state per env, each with its episode id;
+    `episode` became the next id to hand out (one env: the current episode's id + 1)."""
+    env = payload.pop("env")
+    payload["envs"] = [{**env, "episode_id": payload["episode"]}]
+    payload["episode"] += 1
+    return payload
+
+
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6,
 }
 
 

@@ -101,8 +101,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class EnvSlot:
+    """One training env and where its current episode stands."""
+
+    env: Any
+    tracker: ContextTracker
+    obs: np.ndarray
+    episode_id: int
+    episode_return: float = 0.0
+    episode_length: int = 0
+
+
 class SACTrainer:
-    """Soft Actor-Critic training on one environment.
+    """Soft Actor-Critic training on `training.num_envs` environments (one by default).
 
     Constructing a trainer touches nothing on disk; `train()` opens the run folder and writes
     metrics and checkpoints.
@@ -116,20 +128,19 @@ class SACTrainer:
         self.device = resolve_device(params.device)
         seed_everything(params.seed)
 
-        self.env = make_env(config.env.id, config.env.kwargs, config.env.max_episode_steps)
-        self.env.action_space.seed(params.seed)
-        self.obs_dim = int(observation_box(self.env).shape[0])
-        self.action_dim = int(self.env.action_space.shape[0])
-        first_obs, first_env_context = split_observation(*self.env.reset(seed=params.seed))
-        self.context_dim = self._context_dim(first_env_context)
+        envs = [make_env(config.env.id, config.env.kwargs, config.env.max_episode_steps) for _ in range(params.num_envs)]
+        first = [split_observation(*self._seed_env(env, params.seed + i)) for i, env in enumerate(envs)]
+        self.obs_dim = int(observation_box(envs[0]).shape[0])
+        self.action_dim = int(envs[0].action_space.shape[0])
+        self.context_dim = self._context_dim(first[0][1])
         self.agent = SACAgent(
             self.obs_dim,
             self.action_dim,
             actor_hidden_sizes=params.actor_layers,
             critic_hidden_sizes=params.critic_layers,
             context_dim=self.context_dim,
-            action_low=self.env.action_space.low,
-            action_high=self.env.action_space.high,
+            action_low=envs[0].action_space.low,
+            action_high=envs[0].action_space.high,
             actor_lr=params.actor_lr,
             critic_lr=params.critic_lr,
             alpha_lr=params.alpha_lr,
@@ -153,8 +164,9 @@ class SACTrainer:
         self._action_center = self.policy.action_center.cpu().numpy()
         self._action_half_range = self.policy.action_half_range.cpu().numpy()
         stored_context_dim = self.context_dim if config.context.source == "env" else 0
-        self.buffer = ReplayBuffer(params.buffer_size, self.obs_dim, self.action_dim, self.device, stored_context_dim)
-        self.tracker = self._new_tracker()
+        self.buffer = ReplayBuffer(
+            params.buffer_size, self.obs_dim, self.action_dim, self.device, stored_context_dim, params.num_envs
+        )
         safety = config.safety
         self.agent.skip_nonfinite_gradients = safety.skip_nonfinite_gradients
         self.agent.context_bound = safety.context_bound
@@ -174,13 +186,12 @@ class SACTrainer:
         self.warmup_rng = np.random.default_rng(params.seed)
 
         self.step = 0
+        self._step_before = 0  # self.step before the last collect_step (schedules fire when crossed)
         self.num_updates = 0
-        self.episode = 0
         self.sanitized_values = 0
-        self._obs = self._sanitize(first_obs)
-        self.tracker.reset(first_env_context)
-        self._episode_return = 0.0
-        self._episode_length = 0
+        self.slots = [self._new_slot(env, obs, env_context, episode_id)
+                      for episode_id, (env, (obs, env_context)) in enumerate(zip(envs, first))]
+        self.episode = len(self.slots)  # the next episode id to hand out
         self._finished_returns: list[float] = []
         self._finished_lengths: list[int] = []
         self.metrics = MetricAccumulator()
@@ -191,6 +202,25 @@ class SACTrainer:
     @property
     def policy(self) -> GaussianPolicy:
         return self.agent.policy
+
+    @property
+    def env(self):
+        """The first training env (the only one unless `training.num_envs` > 1)."""
+        return self.slots[0].env
+
+    @property
+    def tracker(self) -> ContextTracker:
+        return self.slots[0].tracker
+
+    @staticmethod
+    def _seed_env(env, seed: int) -> tuple[Any, dict[str, Any]]:
+        env.action_space.seed(seed)
+        return env.reset(seed=seed)
+
+    def _new_slot(self, env, obs: Any, env_context: np.ndarray | None, episode_id: int) -> EnvSlot:
+        tracker = self._new_tracker()
+        tracker.reset(env_context)
+        return EnvSlot(env, tracker, self._sanitize(obs), episode_id)
 
     def _context_dim(self, env_context: np.ndarray | None) -> int:
         context = self.config.context
@@ -241,58 +271,69 @@ class SACTrainer:
                 self._event("context_fallback", message)
         return guarded
 
-    def _guard_action(self, action: np.ndarray, obs: torch.Tensor, context: torch.Tensor | None) -> np.ndarray:
-        """A non-finite action never reaches the env: it is replaced by a uniformly random one,
-        counted, and the first non-finite tensor on the policy's path is named."""
-        if np.isfinite(action).all():
-            return action
-        self.nonfinite_actions += 1
+    def _guard_action(self, actions: np.ndarray, obs: torch.Tensor, context: torch.Tensor | None) -> np.ndarray:
+        """Actions (N, A) with a non-finite entry never reach the env: each such row is replaced by a
+        uniformly random action, counted, and the first non-finite tensor on the policy's path is named."""
+        bad_rows = ~np.isfinite(actions).all(axis=1)
+        if not bad_rows.any():
+            return actions
+        self.nonfinite_actions += int(bad_rows.sum())
         origin = trace_policy_nonfinite(self.policy, obs, context)
         message = f"step {self.step}: the policy's action is non-finite ({origin}); acting uniformly at random instead"
         if self.nonfinite_actions <= 3 or self.nonfinite_actions % 1000 == 0:
             print(f"[dynsac] warning: {message} ({self.nonfinite_actions} so far)", flush=True)
             self._event("nonfinite_action", message)
-        return self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+        actions = actions.copy()
+        actions[bad_rows] = self.warmup_rng.uniform(-1.0, 1.0, (int(bad_rows.sum()), self.action_dim))
+        return actions
 
     # ----------------------------------------------------------------- acting and learning
-    def collect_step(self) -> dict[str, Any]:
-        """Act once (uniformly random during warm-up), store the transition, handle episode ends."""
+    def collect_step(self) -> list[dict[str, Any]]:
+        """Act once in every env (uniformly random during warm-up; otherwise one batched policy
+        forward for all), store the transitions in env order, handle episode ends. Returns one
+        result (reward, done, info, and episode_return at an episode's end) per env."""
         params = self.config.training
         if self.step < params.learning_starts:
-            action = self.warmup_rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+            actions = self.warmup_rng.uniform(-1.0, 1.0, (len(self.slots), self.action_dim)).astype(np.float32)
         else:
-            obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-            context = self._acting_context(self.tracker)
+            obs = torch.as_tensor(np.stack([slot.obs for slot in self.slots]), dtype=torch.float32, device=self.device)
+            contexts = [self._acting_context(slot.tracker) for slot in self.slots]
+            context = None if contexts[0] is None else torch.cat(contexts)
             with torch.no_grad():
-                action = self._guard_action(self.policy.sample(obs, context)[0][0].cpu().numpy(), obs, context)
+                actions = self._guard_action(self.policy.sample(obs, context)[0].cpu().numpy(), obs, context)
+        self._step_before = self.step
+        return [self._step_env(slot, action) for slot, action in zip(self.slots, actions)]
+
+    def _step_env(self, slot: EnvSlot, action: np.ndarray) -> dict[str, Any]:
+        params = self.config.training
         env_action = self._action_center + action * self._action_half_range
-        raw_next_obs, reward, terminated, truncated, info = self.env.step(env_action)
+        raw_next_obs, reward, terminated, truncated, info = slot.env.step(env_action)
         next_obs, next_env_context = split_observation(raw_next_obs, info)
         next_obs = self._sanitize(next_obs)
         reward = self._sanitize_reward(float(reward))
         self.reward_normalizer.observe(reward * params.reward_scale)
         self.buffer.add(
-            self._obs, action, reward * params.reward_scale, next_obs, terminated, truncated, self.episode,
-            self.tracker.env_context, next_env_context,
+            slot.obs, action, reward * params.reward_scale, next_obs, terminated, truncated, slot.episode_id,
+            slot.tracker.env_context, next_env_context,
         )
         if self.agent.dynamics_map is not None:
-            self.agent.dynamics_map.observe(*(torch.as_tensor(x, device=self.device) for x in (self._obs, action, next_obs)))
-        self.tracker.record(self._obs, action, next_obs, next_env_context)
+            self.agent.dynamics_map.observe(*(torch.as_tensor(x, device=self.device) for x in (slot.obs, action, next_obs)))
+        slot.tracker.record(slot.obs, action, next_obs, next_env_context)
         self.step += 1
-        self._episode_return += float(reward)
-        self._episode_length += 1
+        slot.episode_return += float(reward)
+        slot.episode_length += 1
         done = bool(terminated or truncated)
         result = {"reward": float(reward), "done": done, "info": info}
         if done:
-            result["episode_return"] = self._episode_return
-            self._finished_returns.append(self._episode_return)
-            self._finished_lengths.append(self._episode_length)
-            self.episode += 1
-            self._episode_return, self._episode_length = 0.0, 0
-            next_obs, env_context = split_observation(*self.env.reset())
+            result["episode_return"] = slot.episode_return
+            self._finished_returns.append(slot.episode_return)
+            self._finished_lengths.append(slot.episode_length)
+            slot.episode_id, self.episode = self.episode, self.episode + 1
+            slot.episode_return, slot.episode_length = 0.0, 0
+            next_obs, env_context = split_observation(*slot.env.reset())
             next_obs = self._sanitize(next_obs)
-            self.tracker.reset(env_context)
-        self._obs = next_obs
+            slot.tracker.reset(env_context)
+        slot.obs = next_obs
         return result
 
     def update(self) -> dict[str, torch.Tensor]:
@@ -478,8 +519,8 @@ class SACTrainer:
             obs_tensor = torch.as_tensor(obs, device=self.device).unsqueeze(0)
             context = self._acting_context(tracker)
             with torch.no_grad():
-                action = self._guard_action(self.policy.deterministic(obs_tensor, context)[0].cpu().numpy(),
-                                            obs_tensor, context)
+                action = self._guard_action(self.policy.deterministic(obs_tensor, context).cpu().numpy(),
+                                            obs_tensor, context)[0]
             raw_obs, reward, terminated, truncated, info = env.step(self._action_center + action * self._action_half_range)
             next_obs, env_context = split_observation(raw_obs, info)
             next_obs = self._clean(next_obs)
@@ -517,10 +558,10 @@ class SACTrainer:
         with self._stop_on_signals():
             while self.step < total and not self._stop_requested:
                 self.train_step()
-                if params.eval_interval and self.step % params.eval_interval == 0:
+                if self._crossed(params.eval_interval):
                     final_eval = self._log_evaluation(progress)
                     eval_history.append((self.step, final_eval.mean))
-                if params.checkpoint_interval and self.step % params.checkpoint_interval == 0:
+                if self._crossed(params.checkpoint_interval):
                     last_checkpoint = self.save_checkpoint()
                 progress.update(self.step)
         interrupted = self._stop_requested
@@ -558,11 +599,16 @@ class SACTrainer:
         params = self.config.training
         self.collect_step()
         if self.step >= params.learning_starts:
-            for _ in range(params.updates_per_step):
+            for _ in range(params.updates_per_step * len(self.slots)):  # the same updates per env step
                 if self.stop_reason is None:
                     self.update()
-        if self.step % self.config.logging.log_interval == 0:
+        if self._crossed(self.config.logging.log_interval):
             self._log_training()
+
+    def _crossed(self, interval: int) -> bool:
+        """Whether the last collect_step reached a multiple of `interval` steps (0: never). With one
+        env that is `step % interval == 0`; with N envs the step count moves by N at a time."""
+        return bool(interval) and self.step // interval > self._step_before // interval
 
     def _announce(self, total: int, resumed: bool) -> None:
         if self.config.logging.progress == "off":
@@ -687,13 +733,17 @@ class SACTrainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "warmup": self.warmup_rng.bit_generator.state,
             },
-            "env": {
-                "state": capture_env_state(self.env),
-                "obs": self._obs.tolist(),
-                "episode_return": self._episode_return,
-                "episode_length": self._episode_length,
-                "context": self.tracker.state_dict(),
-            },
+            "envs": [
+                {
+                    "state": capture_env_state(slot.env),
+                    "obs": slot.obs.tolist(),
+                    "episode_id": slot.episode_id,
+                    "episode_return": slot.episode_return,
+                    "episode_length": slot.episode_length,
+                    "context": slot.tracker.state_dict(),
+                }
+                for slot in self.slots
+            ],
             "counters": {"sanitized_values": self.sanitized_values},
             "reward_normalizer": self.reward_normalizer.state_dict(),
             "safety": {
@@ -743,7 +793,14 @@ class SACTrainer:
         if state["safety"] is not None:
             self._load_safety_state(state["safety"])
         self._restore_rng(state["rng"])
-        self._restore_env(state["env"], source)
+        if len(state["envs"]) != len(self.slots):
+            raise CheckpointError(
+                f"{source}: was trained with training.num_envs={len(state['envs'])}, but the config has "
+                f"num_envs={len(self.slots)}; resume with --set training.num_envs={len(state['envs'])} "
+                f"(the replay buffer interleaves the envs' transitions)"
+            )
+        for slot, env_state in zip(self.slots, state["envs"]):
+            self._restore_env(slot, env_state, source)
 
     def _load_safety_state(self, safety: dict[str, Any]) -> None:
         self.recovery.load_state_dict(safety["recovery"])
@@ -762,17 +819,21 @@ class SACTrainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.warmup_rng.bit_generator.state = rng["warmup"]
 
-    def _restore_env(self, env_state: dict[str, Any], source: str | Path) -> None:
+    def _restore_env(self, slot: EnvSlot, env_state: dict[str, Any], source: str | Path) -> None:
+        slot.episode_id = env_state["episode_id"]
         try:
-            restore_env_state(self.env, env_state["state"])
+            restore_env_state(slot.env, env_state["state"])
         except Exception as err:  # an env we cannot restore mid-episode: start a new episode instead
             print(f"[dynsac] warning: {source}: env state not restorable ({err}); starting a new episode")
-            self._obs = self._sanitize(self.env.reset()[0])
+            obs, env_context = split_observation(*slot.env.reset())
+            slot.obs = self._sanitize(obs)
+            slot.tracker.reset(env_context)
+            slot.episode_id, self.episode = self.episode, self.episode + 1
             return
-        self._obs = np.asarray(env_state["obs"], dtype=np.float32)
-        self.tracker.load_state_dict(env_state["context"])
-        self._episode_return = env_state["episode_return"]
-        self._episode_length = env_state["episode_length"]
+        slot.obs = np.asarray(env_state["obs"], dtype=np.float32)
+        slot.tracker.load_state_dict(env_state["context"])
+        slot.episode_return = env_state["episode_return"]
+        slot.episode_length = env_state["episode_length"]
 
     @classmethod
     def from_checkpoint(
