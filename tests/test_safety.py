@@ -164,6 +164,8 @@ HEALTHY = dict(q_grad_clipped=0.1, policy_grad_clipped=0.0, policy_grad_norm=0.5
         (dict(policy_grad_norm=0.0), "actor_gradient_zero"),
         (dict(log_std_at_bound=1.0, log_std_mean=2.0), "log_std_pinned"),
         (dict(alpha=5e3), "alpha_runaway"),
+        (dict(alpha=15.0), "alpha_runaway"),  # above 10 and 75x the alpha of 5 intervals ago
+        (dict(action_saturated=0.95, entropy=-16.0), "policy_saturated"),
         (dict(alpha=1e-8), "alpha_collapse"),
         (dict(q_max_abs=5e4), "q_growth"),
         (dict(q_std=5e3), "q_std_explosion"),
@@ -204,7 +206,7 @@ def test_saturated_policy_is_reported_during_a_run(tmp_path, tiny_config, capsys
     # steps 200 and 300 are logging points; the interval ending at 300 is entirely saturated
     assert "early warning at step 300" in out and "log-std entries sit at a bound" in out
     kinds = {r["event"] for r in read_metrics(tmp_path / "run") if "event" in r}
-    assert "warning/log_std_pinned" in kinds and "warning_summary" in kinds
+    assert "warning/log_std_pinned" in kinds and "warning/policy_saturated" in kinds and "warning_summary" in kinds
 
 
 def test_forensics_names_the_planted_nan_layer(tmp_path, tiny_config):

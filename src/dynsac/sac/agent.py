@@ -20,6 +20,9 @@ from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
 from dynsac.sac.replay import Batch
 
 
+SATURATED_ACTION = 0.999  # |tanh(u)| beyond this (|u| > 3.8): the gradient through tanh is < 0.2% of its peak
+
+
 def log_std_statistics(log_std: Tensor, low: float, high: float, margin: float = 0.05) -> dict[str, Tensor]:
     """Mean log-std and the fraction of entries pinned within `margin` of a bound."""
     pinned = (log_std >= high - margin) | (log_std <= low + margin)
@@ -155,6 +158,7 @@ class SACAgent(nn.Module):
                 action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(batch.obs, policy_context)
             log_prob_pi = log_prob_pi.float()
             metrics["entropy"] = -log_prob_pi.detach().mean()
+            metrics["action_saturated"] = (action_pi.detach().abs() > SATURATED_ACTION).double().mean()
             metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
             if self.auto_alpha:
                 loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)

@@ -71,6 +71,12 @@ class EarlyWarningMonitor:
                 add(f"{which}_grad_at_clip_limit",
                     f"{which} gradient norm at the clipping limit in {fraction:.0%} of updates: the step size is "
                     f"set by clipping, not by the loss (lower the learning rate, or normalise rewards)")
+        saturated = now.get("train/action_saturated")
+        if saturated is not None and saturated >= 0.9:
+            add("policy_saturated",
+                f"{saturated:.0%} of the policy's sampled actions sit at the +-1 bounds of tanh (entropy "
+                f"{now.get('train/entropy', float('nan')):.1f}): the policy is saturated and its gradient through "
+                f"tanh vanishes (normalise rewards, or lower the learning rate)")
         if now.get("train/policy_grad_norm") == 0.0 and now.get("train/actor_loss") is not None:
             add("actor_gradient_zero",
                 "actor gradient is exactly 0: the policy is saturated (tanh at +-1) and has stopped learning")
@@ -81,7 +87,9 @@ class EarlyWarningMonitor:
                 f"(mean log-std {now.get('train/log_std_mean', float('nan')):.2f}): exploration is stuck")
         alpha = now.get("train/alpha")
         if alpha is not None:
-            if alpha > 1e3 or (past and past.get("train/alpha", 0) > 0 and alpha / past["train/alpha"] > 100):
+            growth = alpha / past["train/alpha"] if past and past.get("train/alpha", 0) > 0 else 1.0
+            # SAC's alpha starts near 1 and normally falls; above 10 and still growing 10x is a runaway.
+            if alpha > 1e3 or growth > 100 or (alpha > 10 and growth >= 10):
                 add("alpha_runaway", f"entropy coefficient alpha is running away ({_trend(past, now, 'train/alpha')}); "
                     f"the entropy term is swamping the reward in the critic target")
             elif alpha < 1e-6:
