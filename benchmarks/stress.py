@@ -96,12 +96,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default benchmarks/results/stress.json)")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="dynsac run folders (default benchmarks/results/stress_runs)")
     parser.add_argument("--resume-results", action="store_true", help="skip the runs --out already holds")
+    parser.add_argument("--crash-case-only", action="store_true", help="run only the crash case (its --libs variants)")
+    parser.add_argument("--crash-variants", default=",".join(CRASH_VARIANTS),
+                        help=f"crash-case variants (default {','.join(CRASH_VARIANTS)})")
     args = parser.parse_args(argv)
     try:
         args.multipliers, args.lrs = _floats(args.multipliers), _floats(args.lrs)
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:
         parser.error(f"--multipliers/--lrs/--seeds: {err}; expected comma-separated numbers, e.g. --lrs 3e-4,3e-3")
+    args.crash_variants = [v.strip() for v in args.crash_variants.split(",") if v.strip()]
+    if unknown := [v for v in args.crash_variants if v not in CRASH_VARIANTS]:
+        parser.error(f"--crash-variants: unknown {unknown}; choose from {', '.join(CRASH_VARIANTS)}")
     args.envs = [e.strip() for e in args.envs.split(",") if e.strip()]
     args.libs = [lib.strip() for lib in args.libs.split(",") if lib.strip()]
     if unknown := [e for e in args.envs if e not in ENVS]:
@@ -127,11 +133,11 @@ def make_specs(args: argparse.Namespace, code_dir: str, configs: dict[str, Path]
     if args.crash_steps and CRASH_CASE["env"] in args.envs:
         case = CRASH_CASE
         for variant, (lib, extra) in CRASH_VARIANTS.items():
-            if lib in args.libs:
+            if lib in args.libs and variant in args.crash_variants:
                 specs.append({"key": f"crash_case_{variant}", "group": "crash_case", "variant": variant, "lib": lib,
                               "env": case["env"], "multiplier": case["multiplier"], "lr": case["lr"],
                               "tau": case["tau"], "seed": case["seed"], "steps": args.crash_steps, "extra": extra})
-    for seed in args.seeds:  # seed-major: a run cut short still has every cell's first seeds
+    for seed in [] if args.crash_case_only else args.seeds:  # seed-major: a cut-short run has every cell's first seeds
         for env in args.envs:
             for multiplier in args.multipliers:
                 for lr in args.lrs:

@@ -165,7 +165,7 @@ HEALTHY = dict(q_grad_clipped=0.1, policy_grad_clipped=0.0, policy_grad_norm=0.5
         (dict(log_std_at_bound=1.0, log_std_mean=2.0), "log_std_pinned"),
         (dict(alpha=5e3), "alpha_runaway"),
         (dict(alpha=15.0), "alpha_runaway"),  # above 10 and 75x the alpha of 5 intervals ago
-        (dict(action_saturated=0.95, entropy=-16.0), "policy_saturated"),
+        (dict(action_saturated=0.74, entropy=-16.0), "policy_saturated"),  # target -1: far below it
         (dict(alpha=1e-8), "alpha_collapse"),
         (dict(q_max_abs=5e4), "q_growth"),
         (dict(q_std=5e3), "q_std_explosion"),
@@ -175,7 +175,7 @@ HEALTHY = dict(q_grad_clipped=0.1, policy_grad_clipped=0.0, policy_grad_norm=0.5
 def test_early_warning_signs(change, kind):
     from dynsac.safety import EarlyWarningMonitor
 
-    monitor = EarlyWarningMonitor()
+    monitor = EarlyWarningMonitor(target_entropy=-1.0)
     for step in range(1000, 8000, 1000):
         assert monitor.check(step, interval(**HEALTHY, context_abs_max=3.0)) == []
     warnings = monitor.check(8000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
@@ -184,6 +184,13 @@ def test_early_warning_signs(change, kind):
     repeated = monitor.check(9000, interval(**{**HEALTHY, "context_abs_max": 3.0, **change}))
     assert kind not in [w.kind for w in repeated]
     assert f"{kind} x1 (first at step 8,000)" in monitor.summary()
+
+
+def test_bang_bang_policy_at_its_entropy_target_is_not_saturation():
+    from dynsac.safety import EarlyWarningMonitor
+
+    monitor = EarlyWarningMonitor(target_entropy=-1.0)
+    assert monitor.check(1000, interval(**HEALTHY, action_saturated=0.8, entropy=-1.2)) == []
 
 
 def test_q_growth_while_the_critic_first_learns_is_not_a_warning():

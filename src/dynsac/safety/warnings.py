@@ -20,7 +20,8 @@ class EarlyWarning:
 class EarlyWarningMonitor:
     """Checks each logged interval of training scalars (`train/...`, `context/...`)."""
 
-    def __init__(self, history: int = 5, cooldown: int = 10) -> None:
+    def __init__(self, history: int = 5, cooldown: int = 10, target_entropy: float | None = None) -> None:
+        self.target_entropy = target_entropy  # SAC's entropy target, when alpha is tuned
         self.history = deque(maxlen=history)  # past intervals' scalars, oldest first
         self.cooldown = cooldown
         self._last_raised: dict[str, int] = {}
@@ -53,6 +54,16 @@ class EarlyWarningMonitor:
         self._trained_intervals = state["trained_intervals"]
         self.counts, self.first_step = Counter(state["counts"]), dict(state["first_step"])
 
+    def _saturated(self, fraction: float | None, entropy: float | None) -> bool:
+        """Most sampled actions at the tanh bounds. Bang-bang control saturates healthy policies
+        too, so with an entropy target it also takes an entropy far below it (the tanh correction
+        makes a saturated policy's log-probs huge)."""
+        if fraction is None:
+            return False
+        if self.target_entropy is None or entropy is None:
+            return fraction >= 0.9
+        return fraction >= 0.5 and entropy < self.target_entropy - 5.0
+
     def _may_raise(self, kind: str) -> bool:
         last = self._last_raised.get(kind)
         return last is None or self._interval - last >= self.cooldown
@@ -71,10 +82,9 @@ class EarlyWarningMonitor:
                 add(f"{which}_grad_at_clip_limit",
                     f"{which} gradient norm at the clipping limit in {fraction:.0%} of updates: the step size is "
                     f"set by clipping, not by the loss (lower the learning rate, or normalise rewards)")
-        saturated = now.get("train/action_saturated")
-        if saturated is not None and saturated >= 0.9:
+        if self._saturated(now.get("train/action_saturated"), now.get("train/entropy")):
             add("policy_saturated",
-                f"{saturated:.0%} of the policy's sampled actions sit at the +-1 bounds of tanh (entropy "
+                f"{now['train/action_saturated']:.0%} of the policy's sampled actions sit at the +-1 bounds of tanh (entropy "
                 f"{now.get('train/entropy', float('nan')):.1f}): the policy is saturated and its gradient through "
                 f"tanh vanishes (normalise rewards, or lower the learning rate)")
         if now.get("train/policy_grad_norm") == 0.0 and now.get("train/actor_loss") is not None:

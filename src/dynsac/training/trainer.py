@@ -180,7 +180,7 @@ class SACTrainer:
         )
         self.stop_reason: str | None = None
         self.rollbacks = 0
-        self.early_warnings = EarlyWarningMonitor()
+        self.early_warnings = EarlyWarningMonitor(target_entropy=self.agent.target_entropy if self.agent.auto_alpha else None)
         self._pre_update = PreUpdateState(self.agent) if safety.forensics else None
         self._forensic_runs = 0
         self.warmup_rng = np.random.default_rng(params.seed)
