@@ -115,8 +115,8 @@ def test_actor_loss_leaves_critic_gradients_alone():
 def test_grad_norm_is_exact_and_does_not_overflow_float32():
     weight = torch.nn.Parameter(torch.zeros(4))
     weight.grad = torch.full((4,), 1e19)  # norm 2e19: its float32 square overflows
-    norm = grad_norm_and_clip([weight], max_norm=1.0)
-    assert math.isfinite(norm.item()) and norm.item() == pytest.approx(2e19, rel=1e-6)
+    norm, finite = grad_norm_and_clip([weight], max_norm=1.0)
+    assert finite and math.isfinite(norm.item()) and norm.item() == pytest.approx(2e19, rel=1e-6)
     assert torch.linalg.vector_norm(weight.grad.double()).item() == pytest.approx(1.0, rel=1e-5)
 
 

@@ -339,11 +339,16 @@ def test_safety_state_survives_a_checkpoint(tmp_path, tiny_config):
     assert len(resumed.early_warnings.history) == len(trainer.early_warnings.history) > 0
 
 
-def test_huge_but_finite_state_is_not_mistaken_for_nonfinite():
-    """Entries of 1e30 square to Inf in an L2 norm; the finiteness check must not care."""
+def test_huge_but_finite_state_is_not_mistaken_for_nonfinite(tiny_config):
+    """Adam second moments of 1e30 square to Inf in the fast L2 check; the exact check clears
+    them, so the run neither rolls back nor reports NaN."""
     from dynsac.safety import all_finite
 
-    huge = [torch.full((64,), 1e30), torch.ones(3)]
-    assert bool(all_finite(huge))
-    assert not bool(all_finite(huge + [torch.tensor([0.0, float("nan")])]))
-    assert not bool(all_finite(huge + [torch.tensor([float("-inf")])]))
+    trainer = SACTrainer(tiny_config())
+    trainer.train(150)
+    for state in trainer.agent.critic_optimizer.state.values():
+        state["exp_avg_sq"].fill_(1e30)
+    assert not bool(all_finite(trainer._state_tensors()))  # the fast check is conservative
+    trainer.update()
+    assert trainer.rollbacks == 0 and trainer._check_for_nans() == []
+    assert bool(all_finite([torch.ones(3)])) and not bool(all_finite([torch.tensor([0.0, float("nan")])]))

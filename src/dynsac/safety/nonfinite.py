@@ -74,9 +74,12 @@ def find_nonfinite(named_tensors: Iterable[tuple[str, Tensor]]) -> list[NonFinit
 
 
 def all_finite(tensors: list[Tensor]) -> Tensor:
-    """One 0-d bool tensor for many tensors, without a host sync. Uses each tensor's largest |entry|
-    (NaN if it holds a NaN, Inf if an Inf): exact, where an L2 norm would overflow to Inf for
-    finite entries beyond ~1e19 (Adam's second moments reach that when rewards are huge)."""
+    """One 0-d bool tensor for many tensors, without a host sync: True means every entry is finite.
+
+    Fast (fused float32 L2 norms), and conservative: False can also mean a finite entry beyond
+    ~1e19 (Adam's second moments reach that with huge rewards), so confirm a False with
+    `find_nonfinite` before treating the state as corrupted. A per-tensor max |entry| would be exact,
+    but is ~10x slower on CPU."""
     if not tensors:
         return torch.tensor(True)
-    return torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all()
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()

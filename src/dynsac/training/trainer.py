@@ -350,8 +350,10 @@ class SACTrainer:
         metrics = self.agent.update(batch)
         self.num_updates += 1
         if not bool(all_finite(self._state_tensors())):
-            self._handle_nonfinite(batch)
-            return metrics
+            reports = self._check_for_nans()  # exact: the fast check also flags huge finite values
+            if reports:
+                self._handle_nonfinite(batch, reports)
+                return metrics
         if self.agent.skipped_steps > skipped_before:
             self._report_skipped_step(batch)
         self.metrics.add(metrics)
@@ -404,9 +406,8 @@ class SACTrainer:
         dynamics map) holding NaN/Inf, named by module path, with counts and finite-part statistics."""
         return find_nonfinite(named_state_tensors(self.agent, self.agent.optimizers))
 
-    def _handle_nonfinite(self, batch) -> None:
+    def _handle_nonfinite(self, batch, reports: list[NonFiniteReport]) -> None:
         """Name what went non-finite, then roll back to the last good state (dropping this batch) or stop."""
-        reports = self._check_for_nans()
         lines = [report.describe() for report in reports[:8]]
         more = f" (and {len(reports) - 8} more tensors)" if len(reports) > 8 else ""
         message = f"step {self.step}, update {self.num_updates}: non-finite values after the update in " + "; ".join(lines) + more
