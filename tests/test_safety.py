@@ -84,6 +84,13 @@ def test_stop_policy_writes_emergency_checkpoint_and_diagnosis(tmp_path, tiny_co
     diagnosis = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
     assert diagnosis["nonfinite_tensors"][0]["name"].startswith("policy.net.2.weight")
     assert diagnosis["emergency_checkpoint"] == str(emergency)
+    assert diagnosis["last_good_checkpoint"].endswith("sac_step_250.pt")
+    assert diagnosis["recent_metrics"] and "train/q_max_abs" in diagnosis["recent_metrics"][-1]
+    assert diagnosis["resume_command"].endswith("--set training.learning_rate=0.00015")  # 3e-4 x 0.5
+    text = (tmp_path / "run" / "diagnosis.txt").read_text()
+    assert "What went non-finite first:" in text and "policy.net.2.weight" in text
+    assert "Metric trends" in text and "train/q_max_abs" in text and diagnosis["resume_command"] in text
+    assert "suggestion: training.learning_rate=0.00015" in result.stop_reason
     all_checkpoints_load(tmp_path)
 
 

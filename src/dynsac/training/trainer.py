@@ -436,6 +436,9 @@ class SACTrainer:
             self.agent.load_full_state_dict(copy.deepcopy(self.recovery.snapshot))
         folder = Path(self.config.training.checkpoint_dir)
         emergency = save_checkpoint(self.state_dict(), folder / f"sac_step_{self.step}_emergency.pt")
+        on_disk = list_checkpoints(folder)
+        suggestions = self._suggestions()
+        resume = f"dynsac resume {emergency}" + "".join(f" --set {s}" for s in suggestions["overrides"])
         diagnosis = {
             "step": self.step,
             "update": self.num_updates,
@@ -443,18 +446,47 @@ class SACTrainer:
             "nonfinite_tensors": [asdict(report) for report in reports],
             "last_good_state_step": self.recovery.snapshot_step,
             "emergency_checkpoint": str(emergency),
+            "last_good_checkpoint": str(on_disk[-1][1]) if on_disk else None,
             "rollbacks": self.recovery.total_rollbacks,
             "learning_rates": self.agent.learning_rates(),
+            "recent_metrics": list(self.early_warnings.history),  # the last logged intervals, oldest first
+            "early_warnings": dict(self.early_warnings.counts),
+            "suggestions": suggestions["reasons"],
+            "resume_command": resume,
         }
-        Path(self.config.logging.dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.config.logging.dir) / "diagnosis.json").write_text(json.dumps(diagnosis, indent=2))
+        run_dir = Path(self.config.logging.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "diagnosis.json").write_text(json.dumps(diagnosis, indent=2, default=str))
+        (run_dir / "diagnosis.txt").write_text(format_diagnosis(diagnosis))
         self.stop_reason = (
             f"{message}\nstopped (safety.on_nonfinite = {self.config.safety.on_nonfinite!r}, "
             f"{self.recovery.total_rollbacks} rollbacks); last good state saved to {emergency}\n"
-            f"resume with: dynsac resume {emergency} --set training.learning_rate=LOWER"
+            + "".join(f"suggestion: {reason}\n" for reason in suggestions["reasons"])
+            + f"resume with: {resume}\ndiagnosis: {run_dir / 'diagnosis.txt'}"
         )
         self._event("stopped", self.stop_reason, emergency_checkpoint=str(emergency))
         self._stop_requested = True
+
+    def _suggestions(self) -> dict[str, list[str]]:
+        """Concrete changes computed from the run: config overrides for the resume command, and why."""
+        overrides, reasons = [], []
+        lr, rollbacks = self.agent.learning_rates()["critic"], self.recovery.total_rollbacks
+        if not rollbacks:  # stopped at the first event: step more gently than the update that diverged
+            lr *= self.config.safety.rollback_lr_factor
+        overrides.append(f"training.learning_rate={lr:.3g}")
+        reasons.append(f"training.learning_rate={lr:.3g}: " + (
+            f"the rate {rollbacks} rollback(s) lowered it to" if rollbacks
+            else f"the current rate times safety.rollback_lr_factor ({self.config.safety.rollback_lr_factor:g})"))
+        q_max = max((h.get("train/q_max_abs", 0.0) for h in self.early_warnings.history), default=0.0)
+        if self.config.safety.reward_normalization == "none":
+            overrides.append("safety.reward_normalization=fixed")
+            reasons.append("safety.reward_normalization=fixed: scale rewards by 1/std of the warm-up rewards "
+                           "(the default), so that any reward magnitude trains alike")
+            if q_max > 100:
+                scale = self.config.training.reward_scale / q_max
+                reasons.append(f"or, keeping normalisation off, training.reward_scale={scale:.3g}: |Q| reached "
+                               f"{q_max:.3g}, and this scale would bring it near 1")
+        return {"overrides": overrides, "reasons": reasons}
 
     def _event(self, kind: str, message: str, **details: Any) -> None:
         if self.logger is not None:
@@ -851,6 +883,34 @@ class SACTrainer:
         trainer = cls(config)
         trainer.load_state_dict(state, path)
         return trainer
+
+
+def format_diagnosis(diagnosis: dict[str, Any]) -> str:
+    """The human-readable twin of diagnosis.json."""
+    lines = [
+        f"dynsac stopped at step {diagnosis['step']:,} (update {diagnosis['update']:,}) after "
+        f"{diagnosis['rollbacks']} rollback(s).",
+        "",
+        "What went non-finite first:",
+        f"  {diagnosis['message']}",
+        "",
+        f"Last good state (step {diagnosis['last_good_state_step']:,}): {diagnosis['emergency_checkpoint']}",
+        f"Last good checkpoint on disk: {diagnosis['last_good_checkpoint'] or 'none'}",
+        f"Learning rates now: " + ", ".join(f"{k} {v:.3g}" for k, v in diagnosis["learning_rates"].items()),
+    ]
+    if diagnosis["early_warnings"]:
+        lines.append("Early warnings before it: " + ", ".join(f"{k} x{n}" for k, n in diagnosis["early_warnings"].items()))
+    history = diagnosis["recent_metrics"]
+    if history:
+        lines += ["", "Metric trends over the last logged intervals (oldest -> newest):"]
+        for name in ("train/q_max_abs", "train/q_std", "train/q_grad_norm", "train/policy_grad_norm", "train/alpha",
+                     "train/entropy", "train/action_saturated", "context/abs_max"):
+            values = [h.get(name) for h in history]
+            if any(v is not None for v in values):
+                lines.append(f"  {name:<24} " + " -> ".join("-" if v is None else f"{v:.3g}" for v in values))
+    lines += ["", "Suggestions:", *[f"  - {reason}" for reason in diagnosis["suggestions"]], "",
+              "Resume with:", f"  {diagnosis['resume_command']}", ""]
+    return "\n".join(lines)
 
 
 def resume_command(checkpoint: Path) -> str:
