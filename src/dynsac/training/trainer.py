@@ -101,6 +101,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MIN_UPDATES_FOR_WARNINGS = 50  # logged intervals with fewer updates are not read for early warnings
+
+
 @dataclass
 class EnvSlot:
     """One training env and where its current episode stands."""
@@ -703,6 +706,8 @@ class SACTrainer:
             self._event("context_fallback", message)
             self._reported_context_fallbacks = learning_fallbacks
         self.logger.log(step, scalars)
+        if updates - last_updates < MIN_UPDATES_FOR_WARNINGS:  # a mean of a few updates is noise, not a trend
+            return
         for warning in self.early_warnings.check(step, scalars):
             print(f"[dynsac] early warning at step {step:,}: {warning.message}", flush=True)
             self._event(f"warning/{warning.kind}", warning.message)
