@@ -128,6 +128,7 @@ class Progress:
         self._start_time = time.monotonic()
         self._start_step: int | None = None
         self._last_print = 0.0
+        self._last_printed: tuple[int, float | None] | None = None  # (step, eval) of the last line
         self.last_eval: float | None = None
         self.last_eval_ratio: float | None = None  # optimal / agent return, where the env knows it
 
@@ -140,7 +141,9 @@ class Progress:
         min_gap = 0.2 if self.mode == "bar" else self.interval_s
         if not force and now - self._last_print < min_gap:
             return
-        self._last_print = now
+        if self.mode == "lines" and self._last_printed == (step, self.last_eval):
+            return  # the same line again (e.g. close right after the last update)
+        self._last_print, self._last_printed = now, (step, self.last_eval)
         line = self.describe(step, now)
         if self.mode == "bar":
             self.stream.write("\r" + line.ljust(100)[:120])
