@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/throughput.py: the tiniest settings, in a subprocess, then the JSON."""
+"""Smoke tests of benchmarks/throughput.py and stress.py: the tiniest settings, in a subprocess, then the JSON."""
 
 from __future__ import annotations
 
@@ -84,3 +84,19 @@ def test_sac_update_flops_by_hand():
     expected = 4 * policy - 2 * b * 3 * h + 12 * critic - 2 * (2 * b * 4 * h)
     assert flops["total"] == expected == sum(flops["parts"].values())
     assert flops["sb3_extra"] == 2 * critic
+
+
+def test_stress_benchmark_runs_scales_and_reports(tmp_path, subprocess_env):
+    """benchmarks/stress.py at the tiniest budget: dynsac at rewards x1 and x1e6 (the learner sees
+    the same normalised batches, so both evaluate alike) and the crash case skipped."""
+    out = tmp_path / "stress.json"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "stress.py"), "--steps", "200", "--crash-steps", "0",
+               "--envs", "pendulum", "--libs", "dynsac", "--multipliers", "1,1e6", "--lrs", "3e-3", "--seeds", "0",
+               "--eval-episodes", "1", "--jobs", "2", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["finished"] and report["runs_complete"] == 2 and report["dynsac_crashes"] == 0
+    (check,) = report["scale_invariance"]
+    assert check["relative_difference"] < 0.05, check
+    assert "scale invariance pendulum lr 0.003" in result.stdout
