@@ -21,6 +21,16 @@ if str(REPO_ROOT / "src") not in sys.path:  # also works without PYTHONPATH=src 
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
 
+def require_sb3(without: str) -> None:
+    """Exit with the install command when --libs asks for Stable-Baselines3 and it is missing;
+    `without` is the --libs value that runs without it."""
+    try:
+        import stable_baselines3  # noqa: F401 - only checks that it is installed
+    except ImportError:
+        sys.exit("error: --libs includes sb3 but stable-baselines3 is not installed.\n"
+                 f"  Install it with:  pip install -e '.[bench]'\n  or run without it:  --libs {without}")
+
+
 def git_revision() -> str | None:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,

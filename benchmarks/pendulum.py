@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common import require_sb3
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "pendulum.yaml"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "pendulum.json"
@@ -67,17 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.eval_episodes < 1:
         parser.error("--eval-episodes must be >= 1")
     return args
-
-
-def require_sb3() -> None:
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
-        sys.exit(
-            "error: --libs includes sb3 but stable-baselines3 is not installed.\n"
-            "  Install it with:  pip install -e '.[bench]'\n"
-            "  or run dynsac alone:  --libs dynsac"
-        )
 
 
 # ----------------------------------------------------------------------------- config
@@ -284,7 +275,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if "sb3" in args.libs:
-        require_sb3()
+        require_sb3("dynsac")
 
     import torch
 

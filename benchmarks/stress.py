@@ -43,7 +43,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from common import REPO_ROOT, git_revision, read_previous_runs, run_pool, snapshot_source, use_snapshot, write_json
+from common import (REPO_ROOT, git_revision, read_previous_runs, require_sb3, run_pool, snapshot_source,
+                    use_snapshot, write_json)
 
 ENVS = {
     "pendulum": {"id": "Pendulum-v1", "config": REPO_ROOT / "configs" / "pendulum.yaml", "overrides": []},
@@ -119,11 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.crash_steps < 0 or args.eval_episodes < 1 or args.jobs < 1:
         parser.error("--steps, --eval-episodes and --jobs must be >= 1, --crash-steps >= 0")
     if "sb3" in args.libs:
-        try:
-            import stable_baselines3  # noqa: F401 - only checks that it is installed
-        except ImportError:
-            parser.error("--libs includes sb3 but stable-baselines3 is not installed: pip install -e '.[bench]' "
-                         "(or run --libs dynsac)")
+        require_sb3("dynsac")
     return args
 
 

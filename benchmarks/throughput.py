@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from common import REPO_ROOT, git_revision, write_json
+from common import REPO_ROOT, git_revision, require_sb3, write_json
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "pendulum.yaml"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "throughput.json"
@@ -138,14 +138,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.memory_capacity < 1:
         parser.error("--memory-capacity must be >= 1")
     return args
-
-
-def require_sb3() -> None:
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
-        sys.exit("error: --libs includes sb3 but stable-baselines3 is not installed.\n"
-                 "  Install it with:  pip install -e '.[bench]'\n  or run without it:  --libs dynsac,learned")
 
 
 # ----------------------------------------------------------------------------- FLOPs and the ceiling
@@ -828,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_child(args.memory_child, args.memory_capacity)))
         return 0
     if "sb3" in args.libs:
-        require_sb3()
+        require_sb3("dynsac,learned")
 
     import torch
 
