@@ -182,7 +182,6 @@ class SACTrainer:
             safety.snapshot_interval, safety.rollback_lr_factor, safety.max_rollbacks, safety.rollback_window
         )
         self.stop_reason: str | None = None
-        self.rollbacks = 0
         self.early_warnings = EarlyWarningMonitor(target_entropy=self.agent.target_entropy if self.agent.auto_alpha else None)
         self._pre_update = PreUpdateState(self.agent) if safety.forensics else None
         self._forensic_runs = 0
@@ -205,6 +204,11 @@ class SACTrainer:
     @property
     def policy(self) -> GaussianPolicy:
         return self.agent.policy
+
+    @property
+    def rollbacks(self) -> int:
+        """Rollbacks to the last good state so far (checkpointed with the recovery state)."""
+        return self.recovery.total_rollbacks
 
     @property
     def env(self):
@@ -422,7 +426,6 @@ class SACTrainer:
             self._stop_gracefully(message, reports)
             return
         self.recovery.rollback(self.agent, self.step)
-        self.rollbacks = self.recovery.total_rollbacks
         if self.recovery.should_stop(self.step):
             self._stop_gracefully(message + f"; {self.recovery.total_rollbacks} rollbacks within "
                                   f"{self.config.safety.rollback_window} steps", reports)
@@ -842,7 +845,6 @@ class SACTrainer:
 
     def _load_safety_state(self, safety: dict[str, Any]) -> None:
         self.recovery.load_state_dict(safety["recovery"])
-        self.rollbacks = self.recovery.total_rollbacks
         if self.recovery.lr_scale != 1.0:  # the rates rollbacks lowered stay lowered
             self.agent.scale_learning_rates(self.recovery.lr_scale)
         self.early_warnings.load_state_dict(safety["early_warnings"])
