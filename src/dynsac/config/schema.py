@@ -197,6 +197,11 @@ class SafetyConfig(_Section):
         "to name the first module and batch rows involved.",
     )
     snapshot_interval: int = Field(1000, ge=1, description="Updates between in-memory snapshots of the last good state.")
+    state_check_interval: int = Field(
+        100, ge=1, description="Updates between full NaN/Inf scans of parameters, targets and optimizer states; a scan "
+        "also runs after any update with a non-finite or float32-overflowing gradient and before each snapshot. "
+        "1: after every update.",
+    )
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="Learning rates are multiplied by this at each rollback.")
     max_rollbacks: int = Field(5, ge=0, description="More rollbacks than this within `rollback_window` steps: stop.")
     rollback_window: int = Field(10_000, ge=1, description="Env steps over which rollbacks are counted.")

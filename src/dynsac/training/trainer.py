@@ -353,10 +353,10 @@ class SACTrainer:
         self.recovery.maybe_snapshot(self.agent, self.step, self.num_updates)
         if self._pre_update is not None:
             self._pre_update.capture()
-        skipped_before = self.agent.skipped_steps
+        skipped_before, suspect_before = self.agent.skipped_steps, self.agent.suspect_steps
         metrics = self.agent.update(batch)
         self.num_updates += 1
-        if not bool(all_finite(self._state_tensors())):
+        if self._state_check_due(suspect_before) and not bool(all_finite(self._state_tensors())):
             reports = self._check_for_nans()  # exact: the fast check also flags huge finite values
             if reports:
                 self._handle_nonfinite(batch, reports)
@@ -365,6 +365,27 @@ class SACTrainer:
             self._report_skipped_step(batch)
         self.metrics.add(metrics)
         return metrics
+
+    def _state_check_due(self, suspect_before: int) -> bool:
+        """Whether to scan every state tensor for NaN/Inf after this update.
+
+        Starting from a finite state, an update whose every applied gradient had a finite float32
+        norm cannot make the state non-finite: Adam's moments are convex combinations of finite
+        values (no squared entry can overflow), its step is bounded by the learning rate, and the
+        targets are interpolations. So the scan runs after any update with a suspect gradient
+        (non-finite, or overflowing float32), before every snapshot (only verified states become
+        rollback points), and every `safety.state_check_interval` updates for whatever the
+        argument does not cover (memory corruption, code outside dynsac writing to the weights).
+        A NaN written into a weight between scans reaches the next update's gradients, which makes
+        that update suspect: it is still caught at the first update that uses it.
+        """
+        safety = self.config.safety
+        return (
+            self.agent.suspect_steps != suspect_before
+            or self.num_updates % safety.state_check_interval == 0
+            or self.num_updates % safety.snapshot_interval == 0
+            or self.num_updates == 1
+        )
 
     def _forensics(self, batch) -> str:
         """One line naming where the non-finite values of this update started (empty if disabled)."""

@@ -1,0 +1,82 @@
+"""Adam with a lean step: the same fused kernel as `torch.optim.Adam(fused=True)`, bit for bit,
+without the generic bookkeeping of `Optimizer.step`.
+
+`torch.optim.Adam.step` regroups parameters, gradients and states by device and dtype, and walks
+the optimizer state, on every call: ~60-250 us of Python per step on CPU, more than the fused
+kernel itself for SAC-sized networks, paid three times per SAC update (actor, critics, alpha).
+`LeanAdam` builds those lists once and reuses them until the optimizer state changes (first
+step, `load_state_dict`). State dicts are those of `torch.optim.Adam`, so checkpoints do not
+change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class LeanAdam(torch.optim.Adam):
+    """`torch.optim.Adam(params, lr, fused=True)` with a cached fast path in `step()`.
+
+    The fast path needs one param group, every parameter with a gradient, all on one device and
+    dtype; anything else (and the first step, which creates the state) goes through
+    `torch.optim.Adam.step` unchanged.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
+        super().__init__(params, lr=lr, fused=True)
+        self._cache: tuple[Any, list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None = None
+
+    def _lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None:
+        """(params, exp_avgs, exp_avg_sqs, steps) of the single group, or None off the fast path."""
+        if self._cache is not None and self._cache[0] is self.state:
+            return self._cache[1:]
+        if len(self.param_groups) != 1:
+            return None
+        params = self.param_groups[0]["params"]
+        states = [self.state.get(param) for param in params]
+        if not params or any(not state for state in states):
+            return None  # no state yet: the first step creates it
+        kinds = {(param.device, param.dtype) for param in params}
+        if len(kinds) != 1:
+            return None
+        self._cache = (
+            self.state,
+            list(params),
+            [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states],
+            [state["step"] for state in states],
+        )
+        return self._cache[1:]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # copies and unpickling keep no cache
+        super().__setstate__(state)
+        self._cache = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._cache = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        lists = None if closure is not None else self._lists()
+        if lists is None:
+            return super().step(closure)
+        params, exp_avgs, exp_avg_sqs, steps = lists
+        grads = [param.grad for param in params]
+        if any(grad is None for grad in grads):
+            return super().step(closure)
+        group = self.param_groups[0]
+        if group["amsgrad"] or group["maximize"] or group["weight_decay"] or group.get("decoupled_weight_decay"):
+            return super().step(closure)
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            params, grads, exp_avgs, exp_avg_sqs, [], steps,
+            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
+            maximize=False, grad_scale=None, found_inf=None,
+        )
+        return None
