@@ -9,11 +9,14 @@ machine load hits all of them alike; medians over `--reps` repetitions are repor
    or fixed with `--updates`), for each hidden size h ([h, h] for the policy and both critics) and
    batch size B of the grid:
    - dynsac        `trainer.update()`: buffer sample + safety snapshot + forensics pre-update copy
-                   + `agent.update` (non-finite gradient checks on) + the all-finite check of every
-                   state tensor + metric accumulation: what a real run does per update.
+                   + `agent.update` (non-finite gradient checks on) + the all-finite scan of every
+                   state tensor when due (after a suspect gradient, before a snapshot, every
+                   `safety.state_check_interval` updates) + metric accumulation: what a real run
+                   does per update.
    - dynsac-noguard buffer sample + `agent.update` with `skip_nonfinite_gradients = False` + metric
                    accumulation: the same minus the guards (no snapshot, no forensics copy, no
-                   all-finite check, no gradient-norm host syncs). Sampling is included in both, so
+                   all-finite scan, no skipping; the gradient norms, needed for clipping and the
+                   metrics, are computed alike). Sampling is included in both, so
                    guard overhead = time(dynsac) / time(dynsac-noguard) - 1.
    - learned       `trainer.update()` with `context.source=learned` (the dynamics map, K =
                    `context.history_length`, default 10) on `dynsac/RandomPendulum-v0`, which has

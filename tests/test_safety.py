@@ -359,3 +359,57 @@ def test_huge_but_finite_state_is_not_mistaken_for_nonfinite(tiny_config):
     trainer.update()
     assert trainer.rollbacks == 0 and trainer._check_for_nans() == []
     assert bool(all_finite([torch.ones(3)])) and not bool(all_finite([torch.tensor([0.0, float("nan")])]))
+
+
+def test_silent_inf_in_adam_second_moment_is_caught_by_the_periodic_scan(tmp_path, tiny_config):
+    """An Inf second moment makes no NaN anywhere (Adam's step for that entry is 0): only the
+    full state scan sees it, and it runs within `state_check_interval` updates."""
+    trainer = SACTrainer(tiny_config(**{"safety.snapshot_interval": 50, "safety.state_check_interval": 10}))
+    trainer.train(250)
+    state = next(iter(trainer.agent.critic_optimizer.state.values()))
+    state["exp_avg_sq"].view(-1)[0] = float("inf")
+    trainer.train(260)  # one update per step: 10 more updates
+    assert trainer.rollbacks == 1 and trainer._check_for_nans() == []
+    (nonfinite,) = events(tmp_path, "nonfinite")
+    assert "exp_avg_sq: 0 NaN, 1 Inf" in nonfinite["message"] and 250 < nonfinite["step"] <= 260
+
+
+def test_full_state_scan_runs_on_its_cadence_and_after_a_suspect_gradient(tiny_config, monkeypatch):
+    import dynsac.training.trainer as trainer_module
+
+    scans: list[int] = []
+    real_all_finite = trainer_module.all_finite
+
+    def counting_all_finite(tensors):
+        scans.append(trainer.num_updates)
+        return real_all_finite(tensors)
+
+    monkeypatch.setattr(trainer_module, "all_finite", counting_all_finite)
+    trainer = SACTrainer(tiny_config(**{"safety.snapshot_interval": 50, "safety.state_check_interval": 20}))
+    trainer.train(trainer.config.training.learning_starts + 99)  # updates start at step learning_starts
+    assert trainer.num_updates == 100
+    assert scans == [1, 20, 40, 50, 60, 80, 100]  # first update, every 20, before each snapshot
+
+    scans.clear()
+    real_update = trainer.agent.update
+
+    def update_with_overflowing_gradient(batch):
+        metrics = real_update(batch)
+        trainer.agent.suspect_steps += 1  # what a float32-overflowing gradient norm records
+        return metrics
+
+    monkeypatch.setattr(trainer.agent, "update", update_with_overflowing_gradient)
+    trainer.update()
+    assert scans == [101]
+
+
+def test_float32_overflowing_gradient_norm_is_flagged_and_still_exact():
+    from dynsac.sac.agent import clipped_grad_norm
+
+    weight = torch.nn.Parameter(torch.zeros(4))
+    weight.grad = torch.tensor([3e19, 4e19, 0.0, 0.0])  # finite entries whose float32 norm is Inf
+    norm, finite, widened = clipped_grad_norm([weight], max_norm=1.0)
+    assert finite and widened and norm.item() == pytest.approx(5e19)
+    assert torch.linalg.vector_norm(weight.grad).item() == pytest.approx(1.0, rel=1e-5)
+    weight.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    assert clipped_grad_norm([weight], max_norm=None)[1:] == (True, False)

@@ -31,7 +31,7 @@ class MetricAccumulator:
 
     def add(self, metrics: Mapping[str, Tensor]) -> None:
         for name, value in metrics.items():
-            self._values.setdefault(name, []).append(value.detach())
+            self._values.setdefault(name, []).append(value.detach() if value.requires_grad else value)
 
     def pop_means(self) -> dict[str, float]:
         """Means since the last call, as floats (the only host sync of the update metrics)."""
