@@ -79,6 +79,26 @@ def test_running_normalizer_matches_numpy():
     np.testing.assert_allclose(normalizer.std.numpy(), np.sqrt(data.var(0) + 1e-6), rtol=1e-8)
 
 
+def test_normalize_follows_every_change_of_the_statistics():
+    """`normalize` caches its float32 (mean, std); updates and state loads must refresh it."""
+    normalizer = RunningNormalizer(3)
+    values = torch.tensor([[1.0, -2.0, 3.0]])
+
+    def expected(stats: RunningNormalizer) -> torch.Tensor:
+        return (values - stats.mean.float()) / stats.std.float()
+
+    normalizer.update(torch.randn(50, 3, dtype=torch.float64) * 4 + 1)
+    assert torch.equal(normalizer.normalize(values), expected(normalizer))
+    normalizer.update(torch.randn(50, 3, dtype=torch.float64) * 9 - 5)
+    assert torch.equal(normalizer.normalize(values), expected(normalizer))
+    other = RunningNormalizer(3)
+    other.update(torch.randn(20, 3, dtype=torch.float64))
+    normalizer.load_state_dict(other.state_dict())
+    assert torch.equal(normalizer.normalize(values), expected(other))
+    assert torch.equal(normalizer.normalize(values.double())[0, 1:], ((values.double() - other.mean) / other.std)[0, 1:])
+    assert torch.equal(normalizer.normalize(values[:, 1:], 1), expected(other)[:, 1:])
+
+
 def test_encoder_ignores_padding_and_prediction_losses_train():
     torch.manual_seed(0)
     dynamics_map = DynamicsMap(3, 2, context_dim=4, history_length=5, encoder_hidden_sizes=(32,),

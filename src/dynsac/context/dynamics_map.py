@@ -27,9 +27,22 @@ class RunningNormalizer(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("sum_squares", torch.zeros(dim, dtype=torch.float64))
+        # (mean, std) cast to the dtype/device `normalize` is asked for, computed once per change of
+        # the statistics (they change once per env step; they are read ~5 times per update and
+        # once per acting step, and each recomputation is ~10 small float64 ops).
+        self._cast_cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # load_state_dict, rollbacks
+        self._cast_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(): the cached casts would be stale
+        self._cast_cache = {}
+        return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
     def update(self, values: Tensor) -> None:
+        self._cast_cache = {}
         values = values.reshape(-1, self.mean.shape[0]).to(self.mean)
         count = values.shape[0]
         batch_mean = values.mean(0)
@@ -46,8 +59,11 @@ class RunningNormalizer(nn.Module):
 
     def normalize(self, values: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
         """Normalise `values` with the statistics of dims [start, stop)."""
-        mean, std = self.mean[start:stop], self.std[start:stop]
-        return ((values - mean.to(values.dtype)) / std.to(values.dtype))
+        key = (values.dtype, values.device)
+        if key not in self._cast_cache:
+            self._cast_cache[key] = (self.mean.to(values.dtype), self.std.to(values.dtype))
+        mean, std = self._cast_cache[key]
+        return (values - mean[start:stop]) / std[start:stop]
 
 
 class DynamicsMap(nn.Module):
