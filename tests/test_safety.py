@@ -413,3 +413,15 @@ def test_float32_overflowing_gradient_norm_is_flagged_and_still_exact():
     assert torch.linalg.vector_norm(weight.grad).item() == pytest.approx(1.0, rel=1e-5)
     weight.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
     assert clipped_grad_norm([weight], max_norm=None)[1:] == (True, False)
+
+
+def test_policy_trace_sees_negative_inf_before_the_in_place_relu_zeroes_it():
+    from dynsac.safety.guards import trace_policy_nonfinite
+    from dynsac.sac.networks import GaussianPolicy
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 2, (8, 8))
+    policy.net[2].register_forward_hook(lambda _m, _i, out: out.index_fill(0, torch.tensor([1]), float("-inf")))
+    message = trace_policy_nonfinite(policy, torch.randn(3, 3), None)
+    assert message.startswith("policy.net.2 (Linear) output is non-finite in batch rows [1]")
+    assert "0 NaN, 8 Inf" in message

@@ -52,8 +52,8 @@ def trace_policy_nonfinite(policy: "GaussianPolicy", obs: Tensor, context: Tenso
     hidden = obs if context is None else torch.cat([obs, context], dim=-1)
     for index, layer in enumerate(policy.net):
         hidden = layer(hidden)
-        if isinstance(layer, nn.Linear):
-            steps.append((f"policy.net.{index} (Linear) output", hidden))
+        if isinstance(layer, nn.Linear):  # a copy: the in-place ReLU after it would turn -Inf into 0
+            steps.append((f"policy.net.{index} (Linear) output", hidden.clone()))
     mu, log_std = policy(obs, context)
     steps += [("mu", mu), ("log_std", log_std)]
     for name, tensor in steps:
