@@ -39,15 +39,10 @@ def _detached(tensor: Tensor | None) -> Tensor | None:
     return None if tensor is None else tensor.detach()
 
 
-def grad_norm_and_clip(parameters: Iterable[nn.Parameter], max_norm: float | None) -> tuple[Tensor, bool]:
-    """Global L2 norm of the gradients before clipping and whether it is finite; then, if it is,
-    clip them in place to `max_norm`. One host sync (two when float32 overflows)."""
-    norm, finite, _ = clipped_grad_norm(parameters, max_norm)
-    return norm, finite
-
-
 def clipped_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float | None) -> tuple[Tensor, bool, bool]:
-    """`grad_norm_and_clip`, plus whether the float32 norm overflowed.
+    """Global L2 norm of the gradients before clipping, whether it is finite, and whether its
+    float32 computation overflowed; then, if it is finite, clip them in place to `max_norm`.
+    One host sync (two when float32 overflows).
 
     The norm is first computed fused in float32; only if that is not finite is it recomputed with
     float64 accumulation (5-10x slower on CPU), because a float32 sum of squares overflows to Inf
