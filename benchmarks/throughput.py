@@ -27,6 +27,9 @@ machine load hits all of them alike; medians over `--reps` repetitions are repor
                    (random actions, no update). Per gradient step SB3 samples, does the alpha,
                    critic and actor steps, 4 `.item()` host syncs and a Polyak update; per call it
                    also updates learning rates and records 4-5 logger values (amortised over M).
+   - dynsac-bf16   (`--bf16`) `trainer.update()` of the dynsac trainer with `training.precision: bf16`
+                   (bfloat16 autocast forward passes): an option that changes the numerics, so
+                   it is reported beside the targets, not in them.
    dynsac and plain SB3 run on Pendulum-v1. Both buffers have capacity = `--fill`.
 2. env steps/s of the training loop (collect one step + one update per step, after the fill):
    dynsac the inner loop of `SACTrainer.train()` (collect_step, update, `_log_training` every
@@ -77,7 +80,7 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "throughput.json"
 ENV_ID = "Pendulum-v1"
 LEARNED_ENV_ID = "dynsac/RandomPendulum-v0"
 LIBS = ("dynsac", "learned", "sb3")
-VARIANT_ORDER = ("dynsac", "sb3", "learned", "dynsac-noguard")  # interleaving order (odd reps reversed)
+VARIANT_ORDER = ("dynsac", "sb3", "learned", "dynsac-noguard", "dynsac-bf16")  # interleaving order (odd reps reversed)
 LOOP_VARIANTS = ("dynsac", "sb3", "learned")
 DEFAULT_CELL = (256, 256)  # (hidden, batch) of the loop benchmark and of most targets
 MEMORY_OBS_DIM, MEMORY_ACTION_DIM = 17, 6  # HalfCheetah
@@ -108,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both libraries (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="dynsac config both libraries are built from")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time dynsac with training.precision=bf16 (an option that changes the numerics)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the env-steps/s training-loop benchmark")
     parser.add_argument("--loop-all", action="store_true", help="run the loop benchmark at every cell, not only [256,256] b256")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -319,6 +324,23 @@ def noguard_variant(trainer) -> Variant:
     return Variant("dynsac-noguard", run, after=metrics.pop_means)
 
 
+def bf16_variant(trainer) -> Variant:
+    """trainer.update() with `training.precision: bf16` (bfloat16 autocast for the forward passes;
+    losses, gradients and weights fp32), on the same trainer: same weights, same buffer."""
+    agent = trainer.agent
+
+    def run(n: int) -> None:
+        saved = agent.bf16
+        agent.bf16 = True
+        try:
+            for _ in range(n):
+                trainer.update()
+        finally:
+            agent.bf16 = saved
+
+    return Variant("dynsac-bf16", run, after=trainer.metrics.pop_means)
+
+
 def dynsac_loop_variant(name: str, trainer, log_dir: Path) -> Variant:
     """The inner loop of SACTrainer.train(), without evaluation and checkpoints."""
     from dynsac.training.logger import RunLogger
@@ -438,6 +460,8 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
             variants["dynsac"] = trainer_variant("dynsac", trainers["dynsac"])
         elif name == "dynsac-noguard" and "dynsac" in args.libs:
             variants["dynsac-noguard"] = noguard_variant(trainers["dynsac"])
+        elif name == "dynsac-bf16" and "dynsac" in args.libs and args.bf16:
+            variants["dynsac-bf16"] = bf16_variant(trainers["dynsac"])
         elif name == "learned" and "learned" in args.libs:
             trainers["learned"] = build_dynsac(args, hidden, batch, cell_dir / "learned", learned=True)
             variants["learned"] = trainer_variant("learned", trainers["learned"])
@@ -474,6 +498,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
             "guard_overhead": None if _ratio(ups.get("dynsac-noguard"), ups.get("dynsac")) is None
             else ups["dynsac-noguard"] / ups["dynsac"] - 1.0,
             "learned_over_none_cost": _ratio(ups.get("dynsac"), ups.get("learned")),
+            "dynsac_bf16_over_sb3": _ratio(ups.get("dynsac-bf16"), ups.get("sb3")),
         },
         "flops_per_update": flops["total"],
         "flops_parts": flops["parts"],
@@ -697,6 +722,17 @@ def format_tables(cells: dict[str, dict[str, Any]], memory: dict[str, Any] | Non
             f"{_fmt(u.get('dynsac-noguard'), '.1f', 8)} {_fmt(u.get('learned'), '.1f', 8)} {_fmt(u.get('sb3'), '.1f', 8)} | "
             f"{_fmt(r['dynsac_over_sb3'], '.2f', 7)} {_fmt(r['dynsac_noguard_over_sb3'], '.2f', 7)} "
             f"{_fmt(overhead, '+.1f', 7)} {_fmt(r['learned_over_none_cost'], '.2f', 8)}")
+    bf16_cells = [cell for cell in cells.values() if "dynsac-bf16" in cell["median_updates_per_s"]]
+    if bf16_cells:
+        head = f"{'hidden':>11} {'batch':>5} | {'fp32':>8} {'bf16':>8} {'sb3':>8} | {'bf16/fp32':>9} {'bf16/sb3':>8}"
+        lines += ["", "updates/s with training.precision=bf16 (option; changes the numerics), same trainer", head,
+                  "-" * len(head)]
+        for cell in bf16_cells:
+            u = cell["median_updates_per_s"]
+            lines.append(f"{str(cell['hidden']):>11} {cell['batch']:>5} | {_fmt(u.get('dynsac'), '.1f', 8)} "
+                         f"{_fmt(u.get('dynsac-bf16'), '.1f', 8)} {_fmt(u.get('sb3'), '.1f', 8)} | "
+                         f"{_fmt(_ratio(u.get('dynsac-bf16'), u.get('dynsac')), '.2f', 9)} "
+                         f"{_fmt(cell['ratios']['dynsac_bf16_over_sb3'], '.2f', 8)}")
     head = (f"{'hidden':>11} {'batch':>5} | {'MFLOP/upd':>10} {'ceiling':>8} | {'dynsac':>7} {'%ceil':>6} | "
             f"{'noguard':>7} {'%ceil':>6} | {'sb3':>7} {'%ceil':>6}")
     lines += ["", "GFLOP/s (useful matmul FLOPs x updates/s; ceiling = measured torch.mm (B,h)x(h,h))", head,
