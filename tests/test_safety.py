@@ -372,6 +372,7 @@ def test_silent_inf_in_adam_second_moment_is_caught_by_the_periodic_scan(tmp_pat
     assert trainer.rollbacks == 1 and trainer._check_for_nans() == []
     (nonfinite,) = events(tmp_path, "nonfinite")
     assert "exp_avg_sq: 0 NaN, 1 Inf" in nonfinite["message"] and 250 < nonfinite["step"] <= 260
+    assert "found by the scheduled state scan: no gradient since update" in nonfinite["message"]
 
 
 def test_full_state_scan_runs_on_its_cadence_and_after_a_suspect_gradient(tiny_config, monkeypatch):

@@ -185,6 +185,7 @@ class SACTrainer:
         self.early_warnings = EarlyWarningMonitor(target_entropy=self.agent.target_entropy if self.agent.auto_alpha else None)
         self._pre_update = PreUpdateState(self.agent) if safety.forensics else None
         self._forensic_runs = 0
+        self._last_clean_scan = -1  # update after which the full state scan last found nothing (-1: none yet)
         self.warmup_rng = np.random.default_rng(params.seed)
 
         self.step = 0
@@ -356,17 +357,20 @@ class SACTrainer:
         skipped_before, suspect_before = self.agent.skipped_steps, self.agent.suspect_steps
         metrics = self.agent.update(batch)
         self.num_updates += 1
-        if self._state_check_due(suspect_before) and not bool(all_finite(self._state_tensors())):
-            reports = self._check_for_nans()  # exact: the fast check also flags huge finite values
+        suspect = self.agent.suspect_steps != suspect_before
+        if self._state_check_due(suspect):
+            # The exact check confirms a failed fast one, which also flags huge finite values.
+            reports = [] if bool(all_finite(self._state_tensors())) else self._check_for_nans()
             if reports:
-                self._handle_nonfinite(batch, reports)
+                self._handle_nonfinite(batch, reports, suspect)
                 return metrics
+            self._last_clean_scan = self.num_updates
         if self.agent.skipped_steps > skipped_before:
             self._report_skipped_step(batch)
         self.metrics.add(metrics)
         return metrics
 
-    def _state_check_due(self, suspect_before: int) -> bool:
+    def _state_check_due(self, suspect: bool) -> bool:
         """Whether to scan every state tensor for NaN/Inf after this update.
 
         Starting from a finite state, an update whose every applied gradient had a finite float32
@@ -374,17 +378,18 @@ class SACTrainer:
         values (no squared entry can overflow), its step is bounded by the learning rate, and the
         targets are interpolations. So the scan runs after any update with a suspect gradient
         (non-finite, or overflowing float32), before every snapshot (only verified states become
-        rollback points), and every `safety.state_check_interval` updates for whatever the
-        argument does not cover (memory corruption, code outside dynsac writing to the weights).
+        rollback points), on the first update of a fresh or resumed run, and every
+        `safety.state_check_interval` updates for whatever the argument does not cover (memory
+        corruption, code outside dynsac writing to the weights).
         A NaN written into a weight between scans reaches the next update's gradients, which makes
         that update suspect: it is still caught at the first update that uses it.
         """
         safety = self.config.safety
         return (
-            self.agent.suspect_steps != suspect_before
+            suspect
             or self.num_updates % safety.state_check_interval == 0
             or self.num_updates % safety.snapshot_interval == 0
-            or self.num_updates == 1
+            or self._last_clean_scan < 0  # the first update of this process, fresh or resumed
         )
 
     def _forensics(self, batch) -> str:
@@ -434,11 +439,19 @@ class SACTrainer:
         dynamics map) holding NaN/Inf, named by module path, with counts and finite-part statistics."""
         return find_nonfinite(named_state_tensors(self.agent, self.agent.optimizers))
 
-    def _handle_nonfinite(self, batch, reports: list[NonFiniteReport]) -> None:
+    def _handle_nonfinite(self, batch, reports: list[NonFiniteReport], suspect: bool = True) -> None:
         """Name what went non-finite, then roll back to the last good state (dropping this batch) or stop."""
         lines = [report.describe() for report in reports[:8]]
         more = f" (and {len(reports) - 8} more tensors)" if len(reports) > 8 else ""
         message = f"step {self.step}, update {self.num_updates}: non-finite values after the update in " + "; ".join(lines) + more
+        if not suspect and self._last_clean_scan < 0:
+            message += ("\n  found by the first state scan of this run, with finite gradients: the state it started "
+                        "or resumed from may already have held them")
+        elif not suspect:
+            message += (f"\n  found by the scheduled state scan: no gradient since update {self._last_clean_scan} was "
+                        f"non-finite, so these values appeared in updates {self._last_clean_scan + 1}-{self.num_updates} "
+                        "without passing through a gradient (an optimizer moment overflowing, or a write from outside "
+                        "the update)")
         origin = self._forensics(batch)
         message += f"\n  forensics: {origin}" if origin else ""
         print(f"[dynsac] warning: {message}", flush=True)
