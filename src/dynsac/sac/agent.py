@@ -204,13 +204,7 @@ class SACAgent(nn.Module):
 
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.
-            norm, finite, widened = clipped_grad_norm(list(self.dynamics_map.parameters()), self.max_grad_norm)
-            metrics["dynamics_map/grad_norm"] = norm
-            self.suspect_steps += widened
-            if self.skip_nonfinite_gradients and not finite:
-                self.skipped_steps += 1
-            else:
-                self.map_optimizer.step()
+            metrics["dynamics_map/grad_norm"] = self._apply_gradients(self.map_optimizer, self.dynamics_map.parameters())
         self.update_targets()
         metrics.update(losses.q_statistics(q_pred, q_target))
         metrics.update(critic_loss=loss_critic.detach(), alpha=alpha)
@@ -237,6 +231,11 @@ class SACAgent(nn.Module):
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, parameters: Iterable[nn.Parameter]) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss.backward(retain_graph=self.critic_gradient_to_map and not self.detach_policy_context)
+        return self._apply_gradients(optimizer, parameters)
+
+    def _apply_gradients(self, optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter]) -> Tensor:
+        """Clip the gradients of `parameters` and take `optimizer`'s step, unless they are
+        non-finite; returns their norm before clipping."""
         norm, finite, widened = clipped_grad_norm(list(parameters), self.max_grad_norm)
         self.suspect_steps += widened
         # A non-finite gradient is never applied: Adam would spread it into every weight and its

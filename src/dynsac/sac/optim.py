@@ -21,8 +21,8 @@ from torch import Tensor, nn
 class LeanAdam(torch.optim.Adam):
     """`torch.optim.Adam(params, lr, fused=True)` with a cached fast path in `step()`.
 
-    The fast path needs one param group, every parameter with a gradient, all on one device and
-    dtype; anything else (and the first step, which creates the state) goes through
+    The fast path needs one param group with plain Adam options (no amsgrad, maximize or weight
+    decay) and every parameter with a gradient, all on one device and dtype; anything else (and the first step, which creates the state) goes through
     `torch.optim.Adam.step` unchanged.
     """
 
@@ -36,7 +36,10 @@ class LeanAdam(torch.optim.Adam):
             return self._cache[1:]
         if len(self.param_groups) != 1:
             return None
-        params = self.param_groups[0]["params"]
+        group = self.param_groups[0]
+        if group["amsgrad"] or group["maximize"] or group["weight_decay"] or group.get("decoupled_weight_decay"):
+            return None
+        params = group["params"]
         states = [self.state.get(param) for param in params]
         if not params or any(not state for state in states):
             return None  # no state yet: the first step creates it
@@ -70,8 +73,6 @@ class LeanAdam(torch.optim.Adam):
         if any(grad is None for grad in grads):
             return super().step(closure)
         group = self.param_groups[0]
-        if group["amsgrad"] or group["maximize"] or group["weight_decay"] or group.get("decoupled_weight_decay"):
-            return super().step(closure)
         beta1, beta2 = group["betas"]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
