@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.safety.guards import guard_context
 from dynsac.sac import losses
-from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
+from dynsac.nn import ensemble_backward, ensemble_forward, fusable, relu_mlp_backward, relu_mlp_forward
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, soft_clamp, tanh_gaussian, tanh_gaussian_backward, with_context
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
 
@@ -63,6 +64,11 @@ def clipped_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float | None
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
     return total, finite, widened
+
+
+def _set_grads(parameters: Sequence[nn.Parameter], grads: Sequence[Tensor]) -> None:
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = grad.contiguous()  # the fused Adam kernel walks grad and parameter alike
 
 
 class SACAgent(nn.Module):
@@ -117,6 +123,8 @@ class SACAgent(nn.Module):
         self.critic_optimizer = LeanAdam(self.critic.parameters(), lr=critic_lr)
         self.alpha_optimizer = LeanAdam([self.log_alpha], lr=alpha_lr)
         self.dynamics_map = dynamics_map
+        # The hand-derived update where it applies (`by_hand_applies`); False: always autograd.
+        self.by_hand = True
         self.skip_nonfinite_gradients = True
         self.skipped_steps = 0  # optimizer steps refused because their gradient was non-finite
         # Steps after which the state may hold NaN/Inf: a non-finite gradient (skipped or, with
@@ -161,19 +169,59 @@ class SACAgent(nn.Module):
             context, bad_rows = guard_context(context, self.context_bound)
             next_context, bad_next_rows = guard_context(next_context, self.context_bound)
             self.context_fallbacks += bad_rows + bad_next_rows
+        update_policy = self.num_critic_updates % self.policy_delay == 0
+        self.num_critic_updates += 1
+        if self.by_hand_applies(batch.obs):
+            q_pred, q_target, loss_critic, alpha = self._update_by_hand(
+                batch, _detached(context), _detached(next_context), update_policy, metrics
+            )
+        else:
+            q_pred, q_target, loss_critic, alpha = self._update_with_autograd(
+                batch, context, next_context, update_policy, metrics
+            )
+        if self.map_optimizer is not None:
+            # Last: the critic and actor losses may have added their gradients to the encoder's.
+            metrics["dynamics_map/grad_norm"] = self._apply_gradients(self.map_optimizer, self.dynamics_map.parameters())
+        self.update_targets()
+        metrics.update(losses.q_statistics(q_pred, q_target))
+        metrics.update(critic_loss=loss_critic.detach(), alpha=alpha)
+        return metrics
+
+    def by_hand_applies(self, obs: Tensor) -> bool:
+        """Whether `update` takes the hand-derived path: the plain ReLU networks in float32 (no
+        bf16, no critic LayerNorm, no forensics hooks), and no loss gradient into the context."""
+        policy_weight = self.policy.net[0].weight
+        return (
+            self.by_hand
+            and self.policy.net.fused
+            and self.critic.fused
+            and not self.critic.layer_norm
+            and self.critic.trace is None
+            and not self.bf16
+            and (self.dynamics_map is None or (self.detach_policy_context and not self.critic_gradient_to_map))
+            and fusable(obs, policy_weight, list(self.policy.net))
+            and self.critic.weights[0].dtype == policy_weight.dtype
+        )
+
+    def _sample_metrics(self, action: Tensor, log_prob: Tensor, log_std: Tensor, metrics: dict[str, Tensor]) -> None:
+        metrics["entropy"] = -log_prob.detach().mean()
+        metrics["action_saturated"] = (action.detach().abs() > SATURATED_ACTION).double().mean()
+        metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
+
+    def _update_with_autograd(
+        self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
+        metrics: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The reference update: losses differentiated by autograd. Returns q_pred, q_target, the
+        critic loss and alpha."""
         policy_context = context.detach() if context is not None and self.detach_policy_context else context
         critic_context = context if self.critic_gradient_to_map else _detached(context)
         next_context = _detached(next_context)
-
-        update_policy = self.num_critic_updates % self.policy_delay == 0
-        self.num_critic_updates += 1
         if update_policy:
             with self._autocast():
                 action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(batch.obs, policy_context)
-            log_prob_pi = log_prob_pi.float()
-            metrics["entropy"] = -log_prob_pi.detach().mean()
-            metrics["action_saturated"] = (action_pi.detach().abs() > SATURATED_ACTION).double().mean()
-            metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
+            log_prob_pi = log_prob_pi.to(self.log_alpha.dtype)
+            self._sample_metrics(action_pi, log_prob_pi, log_std, metrics)
             if self.auto_alpha:
                 loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
                 metrics["alpha_loss"] = loss_alpha.detach()
@@ -183,32 +231,85 @@ class SACAgent(nn.Module):
         with torch.no_grad(), self._autocast():
             next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context)
             next_q = self.critic_target(batch.next_obs, next_action, next_context)
-        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q.float(), next_log_prob.float(), alpha,
+        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q.to(alpha.dtype), next_log_prob.to(alpha.dtype), alpha,
                                         self.gamma)
         with self._autocast():
             q_pred = self.critic(batch.obs, batch.action, critic_context)
-        q_pred = q_pred.float()
+        q_pred = q_pred.to(alpha.dtype)
         loss_critic = losses.critic_loss(q_pred, q_target, self.huber_delta)
         metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
-        if self.max_grad_norm is not None:
-            metrics["q_grad_clipped"] = (metrics["q_grad_norm"] >= self.max_grad_norm).double()
+        self._clip_metric("q", metrics)
 
         if update_policy:
             with self._autocast():
                 q_pi = self.critic(batch.obs, action_pi, policy_context, detach_params=True)
-            loss_actor = losses.actor_loss(q_pi.float(), log_prob_pi, alpha)
+            loss_actor = losses.actor_loss(q_pi.to(alpha.dtype), log_prob_pi, alpha)
             metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
             metrics["actor_loss"] = loss_actor.detach()
-            if self.max_grad_norm is not None:
-                metrics["policy_grad_clipped"] = (metrics["policy_grad_norm"] >= self.max_grad_norm).double()
+            self._clip_metric("policy", metrics)
+        return q_pred, q_target, loss_critic, alpha
 
-        if self.map_optimizer is not None:
-            # Last: the critic and actor losses may have added their gradients to the encoder's.
-            metrics["dynamics_map/grad_norm"] = self._apply_gradients(self.map_optimizer, self.dynamics_map.parameters())
-        self.update_targets()
-        metrics.update(losses.q_statistics(q_pred, q_target))
-        metrics.update(critic_loss=loss_critic.detach(), alpha=alpha)
-        return metrics
+    @torch.no_grad()
+    def _update_by_hand(
+        self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
+        metrics: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`_update_with_autograd` with each loss's gradient written out (`losses.*_grad`,
+        `tanh_gaussian_backward`, `dynsac.nn`'s MLP backward passes): the same math and random
+        draws without autograd's graph, ~40% less time per update for [64, 64] networks on CPU.
+        The context arrives detached: no gradient flows into it on this path."""
+        policy_weights, policy_biases = self.policy.linear_layers()
+        critic_weights, critic_biases = list(self.critic.weights), list(self.critic.biases)
+        if update_policy:
+            policy_out, policy_inputs = relu_mlp_forward(with_context(batch.obs, context), policy_weights, policy_biases)
+            mu, raw_log_std = policy_out.chunk(2, dim=-1)
+            log_std = soft_clamp(raw_log_std, self.policy.log_std_min, self.policy.log_std_max)
+            noise = torch.randn_like(mu)
+            action_pi, log_prob_pi, std = tanh_gaussian(mu, log_std, noise)
+            self._sample_metrics(action_pi, log_prob_pi, log_std, metrics)
+            if self.auto_alpha:
+                metrics["alpha_loss"] = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
+                self.log_alpha.grad = losses.alpha_loss_grad(log_prob_pi, self.target_entropy)
+                metrics["alpha_grad_norm"] = self._apply_gradients(self.alpha_optimizer, [self.log_alpha])
+        alpha = self.log_alpha.exp()
+
+        next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context)
+        next_q = self.critic_target(batch.next_obs, next_action, next_context)
+        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, next_log_prob, alpha, self.gamma)
+        critic_input = with_context(torch.cat([batch.obs, batch.action], dim=-1), context)
+        q_pred, critic_inputs = ensemble_forward(critic_input, critic_weights, critic_biases)
+        q_pred = q_pred.squeeze(-1)
+        loss_critic = losses.critic_loss(q_pred, q_target, self.huber_delta)
+        grad_q = losses.critic_loss_grad(q_pred, q_target, self.huber_delta)
+        _, weight_grads, bias_grads = ensemble_backward(grad_q.unsqueeze(-1), critic_inputs, critic_weights)
+        _set_grads(critic_weights + critic_biases, weight_grads + bias_grads)
+        metrics["q_grad_norm"] = self._apply_gradients(self.critic_optimizer, self.critic.parameters())
+        self._clip_metric("q", metrics)
+
+        if update_policy:
+            q_input = with_context(torch.cat([batch.obs, action_pi], dim=-1), context)
+            q_pi, q_inputs = ensemble_forward(q_input, critic_weights, critic_biases)  # the critics just updated
+            q_pi = q_pi.squeeze(-1)
+            metrics["actor_loss"] = losses.actor_loss(q_pi, log_prob_pi, alpha)
+            grad_q_pi, grad_log_prob = losses.actor_loss_grads(q_pi, log_prob_pi, alpha)
+            grad_q_input, _, _ = ensemble_backward(
+                grad_q_pi.unsqueeze(-1), q_inputs, critic_weights, param_grads=False, input_grad=True
+            )
+            obs_dim = batch.obs.shape[-1]
+            grad_action = grad_q_input[:, obs_dim:obs_dim + action_pi.shape[-1]]
+            grad_policy_out = tanh_gaussian_backward(
+                grad_action, grad_log_prob, action_pi, noise, std, raw_log_std,
+                self.policy.log_std_min, self.policy.log_std_max,
+            )
+            _, weight_grads, bias_grads = relu_mlp_backward(grad_policy_out, policy_inputs, policy_weights)
+            _set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
+            metrics["policy_grad_norm"] = self._apply_gradients(self.actor_optimizer, self.policy.parameters())
+            self._clip_metric("policy", metrics)
+        return q_pred, q_target, loss_critic, alpha
+
+    def _clip_metric(self, name: str, metrics: dict[str, Tensor]) -> None:
+        if self.max_grad_norm is not None:
+            metrics[f"{name}_grad_clipped"] = (metrics[f"{name}_grad_norm"] >= self.max_grad_norm).double()
 
     def _autocast(self):
         """bfloat16 autocast for the forward passes when `bf16` is on; a no-op otherwise."""

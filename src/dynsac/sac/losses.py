@@ -35,14 +35,36 @@ def critic_loss(q_pred: Tensor, q_target: Tensor, huber_delta: float | None = No
     return torch.nn.functional.huber_loss(error, torch.zeros_like(error), delta=huber_delta, reduction="none").mean(dim=1).sum()
 
 
+def critic_loss_grad(q_pred: Tensor, q_target: Tensor, huber_delta: float | None = None) -> Tensor:
+    """d critic_loss / d q_pred, (E, B): the TD error over B, clipped to +-delta/B with `huber_delta`."""
+    error = q_pred - q_target.unsqueeze(0)
+    if huber_delta is not None:
+        error = error.clamp(-huber_delta, huber_delta)
+    return error / q_pred.shape[1]
+
+
 def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> Tensor:
     """E[alpha * log pi(a|s) - min_E Q(s, a)] with a ~ pi(.|s) reparameterised."""
     return (alpha * log_prob - q_pi.min(dim=0).values).mean()
 
 
+def actor_loss_grads(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """d actor_loss / d q_pi, (E, B) (-1/B on the smallest critic of each sample, as min's
+    gradient goes), and d actor_loss / d log_prob, (B,)."""
+    batch = log_prob.shape[0]
+    smallest = q_pi.min(dim=0).indices.unsqueeze(0)
+    grad_q = torch.zeros_like(q_pi).scatter_(0, smallest, -1.0 / batch)
+    return grad_q, (alpha / batch).expand_as(log_prob)
+
+
 def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
     """Pushes the policy's entropy (-log pi) towards `target_entropy` by tuning log-alpha."""
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def alpha_loss_grad(log_prob: Tensor, target_entropy: float) -> Tensor:
+    """d alpha_loss / d log_alpha."""
+    return -(log_prob + target_entropy).mean()
 
 
 def q_statistics(q_pred: Tensor, q_target: Tensor) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from dynsac.nn import mlp
+from dynsac.nn import ensemble_forward, fusable, mlp, relu_ensemble
 
 LOG_2 = math.log(2.0)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -40,6 +40,41 @@ def tanh_log_det_jacobian(pre_tanh: Tensor) -> Tensor:
     inflates log-probs of saturated actions and misleads automatic entropy tuning.
     """
     return (2.0 * (LOG_2 - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))).sum(-1)
+
+
+def tanh_gaussian(mu: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """tanh(mu + noise * std) (the reparameterised action), its log-probability (tanh correction
+    included), and std."""
+    std = log_std.exp()
+    pre_tanh = torch.addcmul(mu, noise, std)
+    gaussian_log_prob = (-0.5 * noise.square() - log_std - LOG_SQRT_2PI).sum(-1)
+    return torch.tanh(pre_tanh), gaussian_log_prob - tanh_log_det_jacobian(pre_tanh), std
+
+
+def tanh_gaussian_backward(
+    grad_action: Tensor,
+    grad_log_prob: Tensor,
+    action: Tensor,
+    noise: Tensor,
+    std: Tensor,
+    raw_log_std: Tensor,
+    low: float,
+    high: float,
+) -> Tensor:
+    """Gradient of the policy network's output [mu, raw log-std] from those of `tanh_gaussian`'s
+    action and log-probability (noise held fixed), through `soft_clamp(raw_log_std, low, high)`.
+
+    With u = mu + noise * std: d action/du = 1 - action^2; d log_prob/du = 2 action (the tanh
+    correction's derivative, -d log(1 - tanh(u)^2)/du); d log_prob/d log_std = -1 directly and
+    noise * std through u; soft_clamp'(x) = sigmoid(high - x) * sigmoid(inner - low), with inner
+    its first softplus stage.
+    """
+    grad_log_prob = grad_log_prob.unsqueeze(-1)
+    grad_pre_tanh = torch.addcmul(grad_action * (1.0 - action.square()), action, grad_log_prob, value=2.0)
+    grad_log_std = grad_pre_tanh * noise * std - grad_log_prob
+    inner = high - nn.functional.softplus(high - raw_log_std)
+    grad_raw = grad_log_std * torch.sigmoid(high - raw_log_std) * torch.sigmoid(inner - low)
+    return torch.cat([grad_pre_tanh, grad_raw], dim=-1)
 
 
 class GaussianPolicy(nn.Module):
@@ -82,10 +117,13 @@ class GaussianPolicy(nn.Module):
     def sample_with_log_std(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """`sample`, plus the log standard deviations it used (for monitoring)."""
         mu, log_std = self(obs, context)
-        noise = torch.randn_like(mu)
-        pre_tanh = mu + noise * log_std.exp()
-        gaussian_log_prob = (-0.5 * noise.square() - log_std - LOG_SQRT_2PI).sum(-1)
-        return torch.tanh(pre_tanh), gaussian_log_prob - tanh_log_det_jacobian(pre_tanh), log_std
+        action, log_prob, _ = tanh_gaussian(mu, log_std, torch.randn_like(mu))
+        return action, log_prob, log_std
+
+    def linear_layers(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Weights and biases of the network's Linear layers, in order."""
+        linears = [layer for layer in self.net if isinstance(layer, nn.Linear)]
+        return [linear.weight for linear in linears], [linear.bias for linear in linears]
 
     def deterministic(self, obs: Tensor, context: Tensor | None = None) -> Tensor:
         """The mode's action in [-1, 1] (tanh of the mean)."""
@@ -135,6 +173,7 @@ class CriticEnsemble(nn.Module):
         super().__init__()
         self.num_critics, self.layer_norm = num_critics, layer_norm
         self.trace: Callable[[str, Tensor], None] | None = None  # set by forensics to inspect each layer
+        self.fused = True  # the hand-written passes of dynsac.nn when they apply; False: layer by layer
         sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -158,6 +197,13 @@ class CriticEnsemble(nn.Module):
         """Q-values (num_critics, batch). `detach_params` lets the actor loss backpropagate into
         the action without computing gradients for the critics' weights."""
         hidden = with_context(torch.cat([obs, action], dim=-1), context)
+        if self.fused and not self.layer_norm and self.trace is None and fusable(hidden, self.weights[0]):
+            weights, biases = list(self.weights), list(self.biases)
+            if detach_params:
+                weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
+            if not torch.is_grad_enabled():
+                return ensemble_forward(hidden, weights, biases)[0].squeeze(-1)
+            return relu_ensemble(hidden, weights, biases).squeeze(-1)
         last = len(self.weights) - 1
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if detach_params:

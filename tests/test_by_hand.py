@@ -1,0 +1,189 @@
+"""The hand-derived passes (dynsac.nn's MLP backward passes, the losses' gradients, the tanh-Gaussian
+head's backward, SACAgent's by-hand update) against autograd on the layer-by-layer reference, in
+float64 so that any mistake shows far above rounding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dynsac.nn import MLP, ensemble_backward, ensemble_forward, relu_mlp_backward, relu_mlp_forward
+from dynsac.sac import losses
+from dynsac.sac.agent import SACAgent
+from dynsac.sac.networks import CriticEnsemble, soft_clamp, tanh_gaussian, tanh_gaussian_backward
+from dynsac.sac.replay import Batch
+
+TIGHT = dict(rtol=1e-10, atol=1e-12)
+
+
+def _grads(tensors):
+    return [t.grad.clone() for t in tensors]
+
+
+def test_relu_mlp_backward_matches_autograd():
+    torch.manual_seed(0)
+    net = MLP(5, (20, 40), 3).double()
+    x = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(30, 3, dtype=torch.float64)
+    net.fused = False
+    net(x).backward(grad_out)
+    reference = [x.grad.clone(), *_grads(net.parameters())]
+
+    weights, biases = [net[i].weight for i in (0, 2, 4)], [net[i].bias for i in (0, 2, 4)]
+    with torch.no_grad():
+        out, inputs = relu_mlp_forward(x, weights, biases)
+        grad_x, weight_grads, bias_grads = relu_mlp_backward(grad_out, inputs, weights, input_grad=True)
+    assert torch.allclose(out, net(x), **TIGHT)
+    by_hand = [grad_x] + [g for pair in zip(weight_grads, bias_grads) for g in pair]
+    for expected, got in zip(reference, by_hand):
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, **TIGHT)
+
+    # The module's own fused autograd node gives the same gradients.
+    net.fused = True
+    x.grad = None
+    net.zero_grad()
+    net(x).backward(grad_out)
+    for expected, got in zip(reference, [x.grad, *_grads(net.parameters())]):
+        assert torch.allclose(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("detach_params", [False, True])
+def test_ensemble_backward_matches_autograd(detach_params):
+    torch.manual_seed(1)
+    critic = CriticEnsemble(3, 2, (24, 16), context_dim=1).double()
+    obs = torch.randn(40, 3, dtype=torch.float64)
+    action = torch.randn(40, 2, dtype=torch.float64, requires_grad=True)
+    weights_of_q = torch.randn(2, 40, dtype=torch.float64)
+    results = {}
+    for fused in (False, True):
+        critic.fused = fused
+        critic.zero_grad(set_to_none=True)
+        action.grad = None
+        q = critic(obs, action, torch.ones(40, 1, dtype=torch.float64), detach_params=detach_params)
+        (q * weights_of_q).sum().backward()
+        params = [torch.zeros(()) if p.grad is None else p.grad.clone() for p in critic.parameters()]
+        results[fused] = [q.detach(), action.grad.clone(), *params]
+    for expected, got in zip(results[False], results[True]):
+        assert torch.allclose(got, expected, **TIGHT)
+    if detach_params:
+        assert all(p.grad is None for p in critic.parameters())
+
+    # And the plain functions, with the input gradient summed over the critics.
+    x = torch.cat([obs, action.detach(), torch.ones(40, 1, dtype=torch.float64)], dim=-1)
+    with torch.no_grad():
+        q, inputs = ensemble_forward(x, list(critic.weights), list(critic.biases))
+        grad_x, _, _ = ensemble_backward(weights_of_q.unsqueeze(-1), inputs, list(critic.weights), False, True)
+    assert torch.allclose(q.squeeze(-1), results[False][0], **TIGHT)
+    assert torch.allclose(grad_x[:, 3:5], results[False][1], **TIGHT)
+
+
+def test_tanh_gaussian_backward_matches_autograd():
+    torch.manual_seed(2)
+    low, high = -5.0, 2.0
+    mu = (torch.randn(64, 3, dtype=torch.float64) * 4).requires_grad_()  # saturated actions included
+    raw = (torch.randn(64, 3, dtype=torch.float64) * 6).requires_grad_()  # beyond both bounds too
+    noise = torch.randn(64, 3, dtype=torch.float64)
+    action, log_prob, std = tanh_gaussian(mu, soft_clamp(raw, low, high), noise)
+    grad_action, grad_log_prob = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+    torch.autograd.backward([action, log_prob], [grad_action, grad_log_prob])
+    got = tanh_gaussian_backward(grad_action, grad_log_prob, action.detach(), noise, std.detach(), raw.detach(), low, high)
+    # Saturated actions (|a| -> 1) cost a few digits on both sides: 1 - a^2 cancels.
+    assert torch.allclose(got, torch.cat([mu.grad, raw.grad], dim=-1), rtol=1e-7, atol=1e-10)
+
+
+def test_loss_gradients_match_autograd():
+    torch.manual_seed(3)
+    q_pred = torch.randn(2, 50, dtype=torch.float64, requires_grad=True)
+    q_target = torch.randn(50, dtype=torch.float64) * 2
+    for huber in (None, 0.7):
+        q_pred.grad = None
+        losses.critic_loss(q_pred, q_target, huber).backward()
+        assert torch.allclose(losses.critic_loss_grad(q_pred.detach(), q_target, huber), q_pred.grad, **TIGHT)
+
+    q_pi = torch.randn(2, 50, dtype=torch.float64, requires_grad=True)
+    log_prob = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor(0.3, dtype=torch.float64)
+    losses.actor_loss(q_pi, log_prob, alpha).backward()
+    grad_q, grad_log_prob = losses.actor_loss_grads(q_pi.detach(), log_prob.detach(), alpha)
+    assert torch.allclose(grad_q, q_pi.grad, **TIGHT) and torch.allclose(grad_log_prob, log_prob.grad, **TIGHT)
+
+    log_alpha = torch.tensor(-0.5, dtype=torch.float64, requires_grad=True)
+    losses.alpha_loss(log_alpha, log_prob, -3.0).backward()
+    assert torch.allclose(losses.alpha_loss_grad(log_prob.detach(), -3.0), log_alpha.grad, **TIGHT)
+
+
+def _batch(context_dim: int = 0, size: int = 48) -> Batch:
+    generator = torch.Generator().manual_seed(7)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    context = draw(size, context_dim) if context_dim else None
+    return Batch(obs=draw(size, 3), action=torch.tanh(draw(size, 2)), reward=draw(size) * 10, next_obs=draw(size, 3),
+                 terminated=(draw(size) > 1.0).double(), index=torch.arange(size),
+                 context=context, next_context=None if context is None else draw(size, context_dim))
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"context_dim": 2},
+    {"policy_delay": 2},
+    {"huber_delta": 0.5, "max_grad_norm": 0.05},
+    {"alpha": 0.2},
+])
+def test_by_hand_update_matches_autograd_update(options):
+    torch.manual_seed(4)
+    by_hand = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), **options).double()
+    reference = copy.deepcopy(by_hand)
+    reference.by_hand = False
+    batch = _batch(options.get("context_dim", 0))
+    assert by_hand.by_hand_applies(batch.obs) and not reference.by_hand_applies(batch.obs)
+    for step in range(6):
+        torch.manual_seed(step)  # the same noise draws on both sides
+        metrics = by_hand.update(batch)
+        torch.manual_seed(step)
+        expected = reference.update(batch)
+        assert metrics.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.allclose(metrics[name].double(), value.double(), rtol=1e-8, atol=1e-10), (step, name)
+    for (name, value), expected in zip(by_hand.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(value.double(), expected.double(), rtol=1e-8, atol=1e-10), name
+
+
+def test_by_hand_update_stands_aside_where_it_does_not_apply():
+    def agent(**options):
+        return SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), **options)
+
+    obs = torch.randn(4, 3)
+    assert agent().by_hand_applies(obs)
+    assert not agent(bf16=True).by_hand_applies(obs)
+    assert not agent(critic_layer_norm=True).by_hand_applies(obs)
+    traced = agent()
+    traced.critic.trace = lambda layer, output: None  # forensics' per-layer trace
+    assert not traced.by_hand_applies(obs)
+    hooked = agent()
+    hooked.policy.net[0].register_forward_hook(lambda module, args, output: None)
+    assert not hooked.by_hand_applies(obs)
+    # The hook still sees the layer on the fallback path.
+    seen = []
+    hooked.policy.net[2].register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    hooked.policy(obs)
+    assert seen == [torch.Size([4, 4])]
+
+
+def test_mlp_keeps_sequential_behaviour():
+    net = MLP(3, (8,), 2)
+    assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    head = net[1:]
+    assert isinstance(head, nn.Sequential) and len(head) == 2
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        net.fused = False
+        reference = net(x)
+        net.fused = True
+        assert torch.allclose(net(x), reference, atol=1e-6)
+        assert torch.allclose(net(x.double().float()), head(net[0](x)), atol=1e-6)
