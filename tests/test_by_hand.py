@@ -187,3 +187,38 @@ def test_mlp_keeps_sequential_behaviour():
         net.fused = True
         assert torch.allclose(net(x), reference, atol=1e-6)
         assert torch.allclose(net(x.double().float()), head(net[0](x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_by_hand_dynamics_map_matches_autograd(bounded):
+    from dynsac.context.dynamics_map import DynamicsMap
+
+    torch.manual_seed(5)
+    history, context_dim = 4, 3
+    dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,), bounded=bounded)
+    by_hand = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
+                       dynamics_map=dynamics_map).double()
+    generator = torch.Generator().manual_seed(9)
+    draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    by_hand.dynamics_map.observe(draw(100, 3), torch.tanh(draw(100, 2)), draw(100, 3))
+    reference = copy.deepcopy(by_hand)
+    reference.by_hand = False
+    batch = _batch()
+    features = by_hand.dynamics_map.feature_dim
+    mask = (torch.rand(48, history, generator=generator) > 0.3).double()
+    batch.window, batch.window_mask = draw(48, history, features), mask
+    batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, dtype=torch.float64)
+    assert by_hand.by_hand_applies(batch.obs) and not reference.by_hand_applies(batch.obs)
+    for step in range(4):
+        torch.manual_seed(step)
+        metrics = by_hand.update(batch)
+        torch.manual_seed(step)
+        expected = reference.update(batch)
+        assert metrics.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.allclose(metrics[name].double(), value.double(), rtol=1e-8, atol=1e-10), (step, name)
+    for (name, value), expected in zip(by_hand.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(value.double(), expected.double(), rtol=1e-8, atol=1e-10), name
+    # With the critic's gradient flowing into the map, only autograd knows the way.
+    by_hand.critic_gradient_to_map = True
+    assert not by_hand.by_hand_applies(batch.obs)

@@ -156,20 +156,21 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.fused = True  # False forces the layer-by-layer reference path
 
+    def linear_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Weights and biases of the Linear layers, in order."""
+        linears = list(self._modules.values())[0::2]
+        return [linear.weight for linear in linears], [linear.bias for linear in linears]
+
     def __getitem__(self, index: int | slice) -> nn.Module:
         if isinstance(index, slice):  # a plain Sequential: a slice need not be Linear/ReLU pairs
             return nn.Sequential(*list(self._modules.values())[index])
         return super().__getitem__(index)
 
     def forward(self, x: Tensor) -> Tensor:
-        layers = list(self._modules.values())
-        linears = layers[0::2]
-        first = linears[0].weight
-        if not (self.fused and x.dim() == 2 and fusable(x, first, layers)):
+        weights, biases = self.linear_parameters()
+        if not (self.fused and x.dim() == 2 and fusable(x, weights[0], list(self._modules.values()))):
             return super().forward(x)
-        weights = [linear.weight for linear in linears]
-        biases = [linear.bias for linear in linears]
-        if torch.is_grad_enabled() and (x.requires_grad or first.requires_grad):
+        if torch.is_grad_enabled() and (x.requires_grad or weights[0].requires_grad):
             return relu_mlp(x, weights, biases)
         return relu_mlp_forward(x, weights, biases)[0]
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dynsac.context.window import feature_dim, transition_features
-from dynsac.nn import mlp
+from dynsac.nn import fusable, mlp, relu_mlp_backward, relu_mlp_forward
 
 
 class RunningNormalizer(nn.Module):
@@ -93,24 +93,76 @@ class DynamicsMap(nn.Module):
 
     def encode(self, window: Tensor, mask: Tensor) -> Tensor:
         """(B, K, F) raw features and (B, K) mask -> (B, context_dim)."""
-        normalized = self.normalizer.normalize(window) * mask.unsqueeze(-1)
-        context = self.encoder(torch.cat([normalized.flatten(1), mask], dim=-1))
+        context = self.encoder(self._encoder_input(window, mask))
         # Bounded: the policy and critics see inputs of a stable scale while the encoder keeps learning.
         return torch.tanh(context) if self.bounded else context
 
-    def prediction_loss(
+    def _encoder_input(self, window: Tensor, mask: Tensor) -> Tensor:
+        normalized = self.normalizer.normalize(window) * mask.unsqueeze(-1)
+        return torch.cat([normalized.flatten(1), mask], dim=-1)
+
+    def _predictor_inputs(
         self, obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Inputs of the forward and backward predictors, and their targets (normalised s' - s and s)."""
         obs_dim = self.obs_dim
         norm_obs = self.normalizer.normalize(obs, 0, obs_dim)
         norm_next_obs = self.normalizer.normalize(next_obs, 0, obs_dim)
         norm_delta = self.normalizer.normalize(next_obs - obs, obs_dim + self.action_dim)
-        forward_pred = self.forward_model(torch.cat([norm_obs, action, context], dim=-1))
-        backward_pred = self.backward_model(torch.cat([norm_next_obs, action, context], dim=-1))
+        forward_input = torch.cat([norm_obs, action, context], dim=-1)
+        backward_input = torch.cat([norm_next_obs, action, context], dim=-1)
+        return forward_input, backward_input, norm_delta, norm_obs
+
+    def _loss(self, forward_pred: Tensor, backward_pred: Tensor, norm_delta: Tensor, norm_obs: Tensor
+              ) -> tuple[Tensor, dict[str, Tensor]]:
         forward_loss = (forward_pred - norm_delta).square().mean()
         backward_loss = (backward_pred - norm_obs).square().mean()
         loss = forward_loss + self.backward_weight * backward_loss
         return loss, {"forward_loss": forward_loss.detach(), "backward_loss": backward_loss.detach()}
+
+    def prediction_loss(
+        self, obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        forward_input, backward_input, norm_delta, norm_obs = self._predictor_inputs(obs, action, next_obs, context)
+        return self._loss(self.forward_model(forward_input), self.backward_model(backward_input), norm_delta, norm_obs)
+
+    def by_hand_applies(self, x: Tensor) -> bool:
+        """Whether `learn_by_hand` applies: its three MLPs take their hand-written passes."""
+        networks = (self.encoder, self.forward_model, self.backward_model)
+        return all(net.fused and fusable(x, net[0].weight, list(net)) for net in networks)
+
+    @torch.no_grad()
+    def learn_by_hand(
+        self, window: Tensor, mask: Tensor, obs: Tensor, action: Tensor, next_obs: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`encode` + `prediction_loss` + its backward pass, written out: sets the gradients of
+        the map's parameters and returns the (detached) context and the loss metrics."""
+        encoder, forward_model, backward_model = (
+            net.linear_parameters() for net in (self.encoder, self.forward_model, self.backward_model)
+        )
+        raw_context, encoder_inputs = relu_mlp_forward(self._encoder_input(window, mask), *encoder)
+        context = torch.tanh(raw_context) if self.bounded else raw_context
+        forward_input, backward_input, norm_delta, norm_obs = self._predictor_inputs(obs, action, next_obs, context)
+        forward_pred, forward_inputs = relu_mlp_forward(forward_input, *forward_model)
+        backward_pred, backward_inputs = relu_mlp_forward(backward_input, *backward_model)
+        _, metrics = self._loss(forward_pred, backward_pred, norm_delta, norm_obs)
+        # d mean((pred - target)^2) / d pred = 2 (pred - target) / numel
+        grad_forward = (forward_pred - norm_delta).mul_(2.0 / forward_pred.numel())
+        grad_backward = (backward_pred - norm_obs).mul_(2.0 * self.backward_weight / backward_pred.numel())
+        grad_forward_input, *forward_grads = relu_mlp_backward(grad_forward, forward_inputs, forward_model[0], True, True)
+        grad_backward_input, *backward_grads = relu_mlp_backward(
+            grad_backward, backward_inputs, backward_model[0], True, True
+        )
+        grad_context = grad_forward_input[:, -self.context_dim:] + grad_backward_input[:, -self.context_dim:]
+        if self.bounded:
+            grad_context = grad_context * (1.0 - context.square())
+        _, *encoder_grads = relu_mlp_backward(grad_context, encoder_inputs, encoder[0])
+        for (weights, biases), (weight_grads, bias_grads) in zip(
+            (encoder, forward_model, backward_model), (encoder_grads, forward_grads, backward_grads)
+        ):
+            for param, grad in zip([*weights, *biases], [*weight_grads, *bias_grads]):
+                param.grad = grad.contiguous()  # the fused Adam kernel walks grad and parameter alike
+        return context, metrics
 
     def observe(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
         """Update the feature statistics with newly collected transitions."""

@@ -161,9 +161,10 @@ class SACAgent(nn.Module):
         """One SAC gradient step on `batch` (order as in Stable-Baselines3: alpha, critics, actor),
         plus the dynamics map's prediction step when the context is learned."""
         metrics: dict[str, Tensor] = {}
+        by_hand = self.by_hand_applies(batch.obs)
         context, next_context = batch.context, batch.next_context
         if self.dynamics_map is not None:
-            context, next_context = self._learn_context(batch, metrics)
+            context, next_context = self._learn_context(batch, metrics, by_hand)
         if context is not None:
             metrics.update(context_statistics(context))
             context, bad_rows = guard_context(context, self.context_bound)
@@ -171,7 +172,7 @@ class SACAgent(nn.Module):
             self.context_fallbacks += bad_rows + bad_next_rows
         update_policy = self.num_critic_updates % self.policy_delay == 0
         self.num_critic_updates += 1
-        if self.by_hand_applies(batch.obs):
+        if by_hand:
             q_pred, q_target, loss_critic, alpha = self._update_by_hand(
                 batch, _detached(context), _detached(next_context), update_policy, metrics
             )
@@ -198,7 +199,8 @@ class SACAgent(nn.Module):
             and not self.critic.layer_norm
             and self.critic.trace is None
             and not self.bf16
-            and (self.dynamics_map is None or (self.detach_policy_context and not self.critic_gradient_to_map))
+            and (self.dynamics_map is None or (self.detach_policy_context and not self.critic_gradient_to_map
+                                               and self.dynamics_map.by_hand_applies(obs)))
             and fusable(obs, policy_weight, list(self.policy.net))
             and self.critic.weights[0].dtype == policy_weight.dtype
         )
@@ -258,7 +260,7 @@ class SACAgent(nn.Module):
         `tanh_gaussian_backward`, `dynsac.nn`'s MLP backward passes): the same math and random
         draws without autograd's graph, ~40% less time per update for [64, 64] networks on CPU.
         The context arrives detached: no gradient flows into it on this path."""
-        policy_weights, policy_biases = self.policy.linear_layers()
+        policy_weights, policy_biases = self.policy.net.linear_parameters()
         critic_weights, critic_biases = list(self.critic.weights), list(self.critic.biases)
         if update_policy:
             policy_out, policy_inputs = relu_mlp_forward(with_context(batch.obs, context), policy_weights, policy_biases)
@@ -315,17 +317,22 @@ class SACAgent(nn.Module):
         """bfloat16 autocast for the forward passes when `bf16` is on; a no-op otherwise."""
         return torch.autocast(self.log_alpha.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _learn_context(self, batch: Batch, metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _learn_context(self, batch: Batch, metrics: dict[str, Tensor], by_hand: bool) -> tuple[Tensor, Tensor]:
         """Encode the windows and backpropagate the prediction loss into the encoder (its optimizer
         steps at the end of the update). The next windows only feed the TD target: encoded without
         autograd, so the backward pass covers B rows, not 2B."""
-        context = self.dynamics_map.encode(batch.window, batch.window_mask)
         with torch.no_grad():
             next_context = self.dynamics_map.encode(batch.next_window, batch.next_window_mask)
-        loss, map_metrics = self.dynamics_map.prediction_loss(batch.obs, batch.action, batch.next_obs, context)
-        self.map_optimizer.zero_grad(set_to_none=True)
-        shared_graph = self.critic_gradient_to_map or not self.detach_policy_context
-        loss.backward(retain_graph=shared_graph)
+        if by_hand:
+            context, map_metrics = self.dynamics_map.learn_by_hand(
+                batch.window, batch.window_mask, batch.obs, batch.action, batch.next_obs
+            )
+        else:
+            context = self.dynamics_map.encode(batch.window, batch.window_mask)
+            loss, map_metrics = self.dynamics_map.prediction_loss(batch.obs, batch.action, batch.next_obs, context)
+            self.map_optimizer.zero_grad(set_to_none=True)
+            shared_graph = self.critic_gradient_to_map or not self.detach_policy_context
+            loss.backward(retain_graph=shared_graph)
         metrics.update({f"dynamics_map/{name}": value for name, value in map_metrics.items()})
         return context, next_context
 

@@ -120,11 +120,6 @@ class GaussianPolicy(nn.Module):
         action, log_prob, _ = tanh_gaussian(mu, log_std, torch.randn_like(mu))
         return action, log_prob, log_std
 
-    def linear_layers(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Weights and biases of the network's Linear layers, in order."""
-        linears = [layer for layer in self.net if isinstance(layer, nn.Linear)]
-        return [linear.weight for linear in linears], [linear.bias for linear in linears]
-
     def deterministic(self, obs: Tensor, context: Tensor | None = None) -> Tensor:
         """The mode's action in [-1, 1] (tanh of the mean)."""
         return torch.tanh(self(obs, context)[0])
