@@ -101,19 +101,25 @@ def test_loss_gradients_match_autograd():
     q_target = torch.randn(50, dtype=torch.float64) * 2
     for huber in (None, 0.7):
         q_pred.grad = None
-        losses.critic_loss(q_pred, q_target, huber).backward()
-        assert torch.allclose(losses.critic_loss_grad(q_pred.detach(), q_target, huber), q_pred.grad, **TIGHT)
+        loss = losses.critic_loss(q_pred, q_target, huber)
+        loss.backward()
+        by_hand_loss, grad = losses.critic_loss_and_grad(q_pred.detach(), q_target, huber)
+        assert torch.allclose(by_hand_loss, loss, **TIGHT) and torch.allclose(grad, q_pred.grad, **TIGHT)
 
     q_pi = torch.randn(2, 50, dtype=torch.float64, requires_grad=True)
     log_prob = torch.randn(50, dtype=torch.float64, requires_grad=True)
     alpha = torch.tensor(0.3, dtype=torch.float64)
-    losses.actor_loss(q_pi, log_prob, alpha).backward()
-    grad_q, grad_log_prob = losses.actor_loss_grads(q_pi.detach(), log_prob.detach(), alpha)
+    loss = losses.actor_loss(q_pi, log_prob, alpha)
+    loss.backward()
+    by_hand_loss, grad_q, grad_log_prob = losses.actor_loss_and_grads(q_pi.detach(), log_prob.detach(), alpha)
+    assert torch.allclose(by_hand_loss, loss, **TIGHT)
     assert torch.allclose(grad_q, q_pi.grad, **TIGHT) and torch.allclose(grad_log_prob, log_prob.grad, **TIGHT)
 
     log_alpha = torch.tensor(-0.5, dtype=torch.float64, requires_grad=True)
-    losses.alpha_loss(log_alpha, log_prob, -3.0).backward()
-    assert torch.allclose(losses.alpha_loss_grad(log_prob.detach(), -3.0), log_alpha.grad, **TIGHT)
+    loss = losses.alpha_loss(log_alpha, log_prob, -3.0)
+    loss.backward()
+    by_hand_loss, grad = losses.alpha_loss_and_grad(log_alpha, log_prob, -3.0)
+    assert torch.allclose(by_hand_loss, loss, **TIGHT) and torch.allclose(grad, log_alpha.grad, **TIGHT)
 
 
 def _batch(context_dim: int = 0, size: int = 48) -> Batch:

@@ -7,6 +7,7 @@ logging time, so the update never waits on the device.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,7 +18,9 @@ from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.safety.guards import guard_context
 from dynsac.sac import losses
 from dynsac.nn import ensemble_backward, ensemble_forward, fusable, relu_mlp_backward, relu_mlp_forward
-from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, soft_clamp, tanh_gaussian, tanh_gaussian_backward, with_context
+from dynsac.sac.networks import (
+    CriticEnsemble, GaussianPolicy, critic_input, tanh_gaussian, tanh_gaussian_backward, with_context,
+)
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
 
@@ -54,12 +57,15 @@ def clipped_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float | None
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(()), True, False
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    finite = bool(torch.isfinite(total))
+    if len(grads) == 1:  # log-alpha's: no per-tensor norms to combine
+        total = torch.linalg.vector_norm(grads[0])
+    else:
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    finite = math.isfinite(total.item())
     widened = not finite
     if widened:
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)))
-        finite = bool(torch.isfinite(total))
+        finite = math.isfinite(total.item())
     if finite and max_norm is not None:
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
@@ -182,7 +188,7 @@ class SACAgent(nn.Module):
             )
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.
-            metrics["dynamics_map/grad_norm"] = self._apply_gradients(self.map_optimizer, self.dynamics_map.parameters())
+            metrics["dynamics_map/grad_norm"] = self._apply_gradients(self.map_optimizer)
         self.update_targets()
         metrics.update(losses.q_statistics(q_pred, q_target))
         metrics.update(critic_loss=loss_critic.detach(), alpha=alpha)
@@ -227,7 +233,7 @@ class SACAgent(nn.Module):
             if self.auto_alpha:
                 loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
                 metrics["alpha_loss"] = loss_alpha.detach()
-                metrics["alpha_grad_norm"] = self._step(self.alpha_optimizer, loss_alpha, [self.log_alpha])
+                metrics["alpha_grad_norm"] = self._step(self.alpha_optimizer, loss_alpha)
         alpha = self.log_alpha.detach().exp()
 
         with torch.no_grad(), self._autocast():
@@ -239,14 +245,14 @@ class SACAgent(nn.Module):
             q_pred = self.critic(batch.obs, batch.action, critic_context)
         q_pred = q_pred.to(alpha.dtype)
         loss_critic = losses.critic_loss(q_pred, q_target, self.huber_delta)
-        metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic, self.critic.parameters())
+        metrics["q_grad_norm"] = self._step(self.critic_optimizer, loss_critic)
         self._clip_metric("q", metrics)
 
         if update_policy:
             with self._autocast():
                 q_pi = self.critic(batch.obs, action_pi, policy_context, detach_params=True)
             loss_actor = losses.actor_loss(q_pi.to(alpha.dtype), log_prob_pi, alpha)
-            metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor, self.policy.parameters())
+            metrics["policy_grad_norm"] = self._step(self.actor_optimizer, loss_actor)
             metrics["actor_loss"] = loss_actor.detach()
             self._clip_metric("policy", metrics)
         return q_pred, q_target, loss_critic, alpha
@@ -256,58 +262,66 @@ class SACAgent(nn.Module):
         self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
         metrics: dict[str, Tensor],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`_update_with_autograd` with each loss's gradient written out (`losses.*_grad`,
+        """`_update_with_autograd` with each loss's gradient written out (`losses.*_and_grad*`,
         `tanh_gaussian_backward`, `dynsac.nn`'s MLP backward passes): the same math and random
         draws without autograd's graph, ~40% less time per update for [64, 64] networks on CPU.
         The context arrives detached: no gradient flows into it on this path."""
         policy_weights, policy_biases = self.policy.net.linear_parameters()
         critic_weights, critic_biases = list(self.critic.weights), list(self.critic.biases)
         if update_policy:
-            policy_out, policy_inputs = relu_mlp_forward(with_context(batch.obs, context), policy_weights, policy_biases)
-            mu, raw_log_std = policy_out.chunk(2, dim=-1)
-            log_std = soft_clamp(raw_log_std, self.policy.log_std_min, self.policy.log_std_max)
-            noise = torch.randn_like(mu)
-            action_pi, log_prob_pi, std = tanh_gaussian(mu, log_std, noise)
+            action_pi, log_prob_pi, log_std, sampled = self._sample_by_hand(batch.obs, context)
             self._sample_metrics(action_pi, log_prob_pi, log_std, metrics)
             if self.auto_alpha:
-                metrics["alpha_loss"] = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
-                self.log_alpha.grad = losses.alpha_loss_grad(log_prob_pi, self.target_entropy)
-                metrics["alpha_grad_norm"] = self._apply_gradients(self.alpha_optimizer, [self.log_alpha])
+                metrics["alpha_loss"], self.log_alpha.grad = losses.alpha_loss_and_grad(
+                    self.log_alpha, log_prob_pi, self.target_entropy
+                )
+                metrics["alpha_grad_norm"] = self._apply_gradients(self.alpha_optimizer)
         alpha = self.log_alpha.exp()
 
-        next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context)
-        next_q = self.critic_target(batch.next_obs, next_action, next_context)
-        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, next_log_prob, alpha, self.gamma)
-        critic_input = with_context(torch.cat([batch.obs, batch.action], dim=-1), context)
-        q_pred, critic_inputs = ensemble_forward(critic_input, critic_weights, critic_biases)
+        next_action, next_log_prob, _, _ = self._sample_by_hand(batch.next_obs, next_context)
+        target_weights, target_biases = list(self.critic_target.weights), list(self.critic_target.biases)
+        next_q = ensemble_forward(critic_input(batch.next_obs, next_action, next_context), target_weights, target_biases)
+        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q[0].squeeze(-1), next_log_prob, alpha,
+                                        self.gamma)
+        q_pred, critic_inputs = ensemble_forward(critic_input(batch.obs, batch.action, context), critic_weights,
+                                                 critic_biases)
         q_pred = q_pred.squeeze(-1)
-        loss_critic = losses.critic_loss(q_pred, q_target, self.huber_delta)
-        grad_q = losses.critic_loss_grad(q_pred, q_target, self.huber_delta)
+        loss_critic, grad_q = losses.critic_loss_and_grad(q_pred, q_target, self.huber_delta)
         _, weight_grads, bias_grads = ensemble_backward(grad_q.unsqueeze(-1), critic_inputs, critic_weights)
         _set_grads(critic_weights + critic_biases, weight_grads + bias_grads)
-        metrics["q_grad_norm"] = self._apply_gradients(self.critic_optimizer, self.critic.parameters())
+        metrics["q_grad_norm"] = self._apply_gradients(self.critic_optimizer)
         self._clip_metric("q", metrics)
 
         if update_policy:
-            q_input = with_context(torch.cat([batch.obs, action_pi], dim=-1), context)
-            q_pi, q_inputs = ensemble_forward(q_input, critic_weights, critic_biases)  # the critics just updated
+            # With the critics just updated, as in the autograd path.
+            q_pi, q_inputs = ensemble_forward(critic_input(batch.obs, action_pi, context), critic_weights, critic_biases)
             q_pi = q_pi.squeeze(-1)
-            metrics["actor_loss"] = losses.actor_loss(q_pi, log_prob_pi, alpha)
-            grad_q_pi, grad_log_prob = losses.actor_loss_grads(q_pi, log_prob_pi, alpha)
+            metrics["actor_loss"], grad_q_pi, grad_log_prob = losses.actor_loss_and_grads(q_pi, log_prob_pi, alpha)
             grad_q_input, _, _ = ensemble_backward(
                 grad_q_pi.unsqueeze(-1), q_inputs, critic_weights, param_grads=False, input_grad=True
             )
             obs_dim = batch.obs.shape[-1]
             grad_action = grad_q_input[:, obs_dim:obs_dim + action_pi.shape[-1]]
+            policy_inputs, noise, std, raw_log_std = sampled
             grad_policy_out = tanh_gaussian_backward(
                 grad_action, grad_log_prob, action_pi, noise, std, raw_log_std,
                 self.policy.log_std_min, self.policy.log_std_max,
             )
             _, weight_grads, bias_grads = relu_mlp_backward(grad_policy_out, policy_inputs, policy_weights)
             _set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
-            metrics["policy_grad_norm"] = self._apply_gradients(self.actor_optimizer, self.policy.parameters())
+            metrics["policy_grad_norm"] = self._apply_gradients(self.actor_optimizer)
             self._clip_metric("policy", metrics)
         return q_pred, q_target, loss_critic, alpha
+
+    def _sample_by_hand(self, obs: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple]:
+        """`policy.sample_with_log_std` through `relu_mlp_forward`, also returning what
+        `tanh_gaussian_backward` and the policy's backward pass need."""
+        weights, biases = self.policy.net.linear_parameters()
+        output, inputs = relu_mlp_forward(with_context(obs, context), weights, biases)
+        mu, log_std, raw_log_std = self.policy.distribution(output)
+        noise = torch.randn_like(mu)
+        action, log_prob, std = tanh_gaussian(mu, log_std, noise)
+        return action, log_prob, log_std, (inputs, noise, std, raw_log_std)
 
     def _clip_metric(self, name: str, metrics: dict[str, Tensor]) -> None:
         if self.max_grad_norm is not None:
@@ -336,15 +350,17 @@ class SACAgent(nn.Module):
         metrics.update({f"dynamics_map/{name}": value for name, value in map_metrics.items()})
         return context, next_context
 
-    def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, parameters: Iterable[nn.Parameter]) -> Tensor:
+    def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss.backward(retain_graph=self.critic_gradient_to_map and not self.detach_policy_context)
-        return self._apply_gradients(optimizer, parameters)
+        return self._apply_gradients(optimizer)
 
-    def _apply_gradients(self, optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter]) -> Tensor:
-        """Clip the gradients of `parameters` and take `optimizer`'s step, unless they are
+    def _apply_gradients(self, optimizer: torch.optim.Optimizer) -> Tensor:
+        """Clip the gradients of `optimizer`'s parameters and take its step, unless they are
         non-finite; returns their norm before clipping."""
-        norm, finite, widened = clipped_grad_norm(list(parameters), self.max_grad_norm)
+        groups = optimizer.param_groups
+        parameters = groups[0]["params"] if len(groups) == 1 else [p for group in groups for p in group["params"]]
+        norm, finite, widened = clipped_grad_norm(parameters, self.max_grad_norm)
         self.suspect_steps += widened
         # A non-finite gradient is never applied: Adam would spread it into every weight and its
         # moment estimates. (One host sync per optimizer step; negligible on CPU.)

@@ -35,12 +35,16 @@ def critic_loss(q_pred: Tensor, q_target: Tensor, huber_delta: float | None = No
     return torch.nn.functional.huber_loss(error, torch.zeros_like(error), delta=huber_delta, reduction="none").mean(dim=1).sum()
 
 
-def critic_loss_grad(q_pred: Tensor, q_target: Tensor, huber_delta: float | None = None) -> Tensor:
-    """d critic_loss / d q_pred, (E, B): the TD error over B, clipped to +-delta/B with `huber_delta`."""
+def critic_loss_and_grad(q_pred: Tensor, q_target: Tensor, huber_delta: float | None = None) -> tuple[Tensor, Tensor]:
+    """`critic_loss` and its gradient with respect to q_pred, (E, B), from one TD error: the error
+    over B, clipped to +-delta/B with `huber_delta`."""
     error = q_pred - q_target.unsqueeze(0)
-    if huber_delta is not None:
-        error = error.clamp(-huber_delta, huber_delta)
-    return error / q_pred.shape[1]
+    batch = q_pred.shape[1]
+    if huber_delta is None:
+        return 0.5 * error.square().mean(dim=1).sum(), error / batch
+    clipped = error.clamp(-huber_delta, huber_delta)
+    # Huber: 0.5 e^2 for |e| <= delta, delta (|e| - delta / 2) beyond; both are clipped * (e - clipped / 2).
+    return (clipped * (error - 0.5 * clipped)).mean(dim=1).sum(), clipped / batch
 
 
 def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> Tensor:
@@ -48,13 +52,14 @@ def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> Tensor:
     return (alpha * log_prob - q_pi.min(dim=0).values).mean()
 
 
-def actor_loss_grads(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """d actor_loss / d q_pi, (E, B) (-1/B on the smallest critic of each sample, as min's
-    gradient goes), and d actor_loss / d log_prob, (B,)."""
+def actor_loss_and_grads(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`actor_loss`, its gradient with respect to q_pi, (E, B) (-1/B on the smallest critic of each
+    sample, where min's gradient goes), and with respect to log_prob, (B,)."""
     batch = log_prob.shape[0]
-    smallest = q_pi.min(dim=0).indices.unsqueeze(0)
-    grad_q = torch.zeros_like(q_pi).scatter_(0, smallest, -1.0 / batch)
-    return grad_q, (alpha / batch).expand_as(log_prob)
+    smallest = q_pi.min(dim=0)
+    loss = (alpha * log_prob - smallest.values).mean()
+    grad_q = torch.zeros_like(q_pi).scatter_(0, smallest.indices.unsqueeze(0), -1.0 / batch)
+    return loss, grad_q, (alpha / batch).expand_as(log_prob)
 
 
 def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
@@ -62,9 +67,10 @@ def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Te
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
 
 
-def alpha_loss_grad(log_prob: Tensor, target_entropy: float) -> Tensor:
-    """d alpha_loss / d log_alpha."""
-    return -(log_prob + target_entropy).mean()
+def alpha_loss_and_grad(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> tuple[Tensor, Tensor]:
+    """`alpha_loss` and its gradient with respect to log-alpha (the loss is log-alpha times it)."""
+    grad = -(log_prob.detach() + target_entropy).mean()
+    return log_alpha.detach() * grad, grad
 
 
 def q_statistics(q_pred: Tensor, q_target: Tensor) -> dict[str, Tensor]:

@@ -22,6 +22,11 @@ def with_context(x: Tensor, context: Tensor | None) -> Tensor:
     return x if context is None or context.shape[-1] == 0 else torch.cat([x, context], dim=-1)
 
 
+def critic_input(obs: Tensor, action: Tensor, context: Tensor | None) -> Tensor:
+    """What the critics read: [obs, action, context]."""
+    return with_context(torch.cat([obs, action], dim=-1), context)
+
+
 def soft_clamp(x: Tensor, low: float, high: float) -> Tensor:
     """Identity well inside [low, high], smooth near the bounds, never beyond them (to within
     log(1 + exp(low - high)), 1e-3 for the default bounds).
@@ -106,8 +111,13 @@ class GaussianPolicy(nn.Module):
 
     def forward(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the pre-tanh Gaussian."""
-        mu, raw_log_std = self.net(with_context(obs, context)).chunk(2, dim=-1)
-        return mu, soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
+        mu, log_std, _ = self.distribution(self.net(with_context(obs, context)))
+        return mu, log_std
+
+    def distribution(self, output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, log standard deviation and raw (unclamped) log-std from the network's output."""
+        mu, raw_log_std = output.chunk(2, dim=-1)
+        return mu, soft_clamp(raw_log_std, self.log_std_min, self.log_std_max), raw_log_std
 
     def sample(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterised action in [-1, 1] and its log-probability (tanh correction included)."""
@@ -191,7 +201,7 @@ class CriticEnsemble(nn.Module):
     ) -> Tensor:
         """Q-values (num_critics, batch). `detach_params` lets the actor loss backpropagate into
         the action without computing gradients for the critics' weights."""
-        hidden = with_context(torch.cat([obs, action], dim=-1), context)
+        hidden = critic_input(obs, action, context)
         if self.fused and not self.layer_norm and self.trace is None and fusable(hidden, self.weights[0]):
             weights, biases = list(self.weights), list(self.biases)
             if detach_params:
