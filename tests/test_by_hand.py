@@ -228,3 +228,14 @@ def test_by_hand_dynamics_map_matches_autograd(bounded):
     # With the critic's gradient flowing into the map, only autograd knows the way.
     by_hand.critic_gradient_to_map = True
     assert not by_hand.by_hand_applies(batch.obs)
+
+
+def test_hooks_on_the_top_modules_turn_the_by_hand_path_off():
+    agent = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,))
+    obs = torch.randn(4, 3)
+    handle = agent.critic.register_forward_hook(lambda module, args, output: None)
+    assert not agent.by_hand_applies(obs)
+    handle.remove()
+    assert agent.by_hand_applies(obs)
+    agent.policy.register_forward_pre_hook(lambda module, args: None)
+    assert not agent.by_hand_applies(obs)

@@ -34,12 +34,11 @@ def _matmul(a: Tensor, b: Tensor) -> Tensor:
 def fusable(x: Tensor, weight: Tensor, modules: Sequence[nn.Module] = ()) -> bool:
     """Whether the hand-written passes apply: one float32 (or float64) dtype, no autocast, no
     forward hooks (forensics traces layers with them)."""
-    return (
-        x.dtype == weight.dtype
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled(x.device.type)
-        and not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
-    )
+    if x.dtype != weight.dtype or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
 
 
 def relu_mlp_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -158,8 +157,10 @@ class MLP(nn.Sequential):
 
     def linear_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Weights and biases of the Linear layers, in order."""
-        linears = list(self._modules.values())[0::2]
-        return [linear.weight for linear in linears], [linear.bias for linear in linears]
+        # Through `_parameters` directly: attribute access on a Module is a slow __getattr__ call,
+        # and this runs several times per update.
+        params = [linear._parameters for linear in list(self._modules.values())[0::2]]
+        return [p["weight"] for p in params], [p["bias"] for p in params]
 
     def __getitem__(self, index: int | slice) -> nn.Module:
         if isinstance(index, slice):  # a plain Sequential: a slice need not be Linear/ReLU pairs

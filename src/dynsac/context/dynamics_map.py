@@ -129,19 +129,28 @@ class DynamicsMap(nn.Module):
     def by_hand_applies(self, x: Tensor) -> bool:
         """Whether `learn_by_hand` applies: its three MLPs take their hand-written passes."""
         networks = (self.encoder, self.forward_model, self.backward_model)
-        return all(net.fused and fusable(x, net[0].weight, list(net)) for net in networks)
+        return all(
+            net.fused and fusable(x, net.linear_parameters()[0][0], [self, net, *net._modules.values()])
+            for net in networks
+        )
 
     @torch.no_grad()
     def learn_by_hand(
-        self, window: Tensor, mask: Tensor, obs: Tensor, action: Tensor, next_obs: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """`encode` + `prediction_loss` + its backward pass, written out: sets the gradients of
-        the map's parameters and returns the (detached) context and the loss metrics."""
+        self, window: Tensor, mask: Tensor, next_window: Tensor, next_mask: Tensor, obs: Tensor, action: Tensor,
+        next_obs: Tensor,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """`encode` (of both windows, in one pass) + `prediction_loss` + its backward pass, written
+        out: sets the gradients of the map's parameters and returns the (detached) contexts of
+        s and s' and the loss metrics."""
         encoder, forward_model, backward_model = (
             net.linear_parameters() for net in (self.encoder, self.forward_model, self.backward_model)
         )
-        raw_context, encoder_inputs = relu_mlp_forward(self._encoder_input(window, mask), *encoder)
-        context = torch.tanh(raw_context) if self.bounded else raw_context
+        batch = window.shape[0]
+        both = torch.cat([self._encoder_input(window, mask), self._encoder_input(next_window, next_mask)])
+        raw_contexts, encoder_inputs = relu_mlp_forward(both, *encoder)
+        contexts = torch.tanh(raw_contexts) if self.bounded else raw_contexts
+        context, next_context = contexts[:batch], contexts[batch:]
+        encoder_inputs = [layer_input[:batch] for layer_input in encoder_inputs]  # s' only feeds the TD target
         forward_input, backward_input, norm_delta, norm_obs = self._predictor_inputs(obs, action, next_obs, context)
         forward_pred, forward_inputs = relu_mlp_forward(forward_input, *forward_model)
         backward_pred, backward_inputs = relu_mlp_forward(backward_input, *backward_model)
@@ -162,7 +171,7 @@ class DynamicsMap(nn.Module):
         ):
             for param, grad in zip([*weights, *biases], [*weight_grads, *bias_grads]):
                 param.grad = grad.contiguous()  # the fused Adam kernel walks grad and parameter alike
-        return context, metrics
+        return context, next_context, metrics
 
     def observe(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
         """Update the feature statistics with newly collected transitions."""

@@ -196,20 +196,19 @@ class SACAgent(nn.Module):
 
     def by_hand_applies(self, obs: Tensor) -> bool:
         """Whether `update` takes the hand-derived path: the plain ReLU networks in float32 (no
-        bf16, no critic LayerNorm, no forensics hooks), and no loss gradient into the context."""
-        policy_weight = self.policy.net[0].weight
-        return (
-            self.by_hand
-            and self.policy.net.fused
-            and self.critic.fused
-            and not self.critic.layer_norm
-            and self.critic.trace is None
-            and not self.bf16
-            and (self.dynamics_map is None or (self.detach_policy_context and not self.critic_gradient_to_map
-                                               and self.dynamics_map.by_hand_applies(obs)))
-            and fusable(obs, policy_weight, list(self.policy.net))
-            and self.critic.weights[0].dtype == policy_weight.dtype
-        )
+        bf16, no critic LayerNorm, no forward hooks, which it would bypass), and no loss gradient
+        into the context."""
+        if not (self.by_hand and self.policy.net.fused and self.critic.fused) or self.bf16:
+            return False
+        if self.critic.layer_norm or self.critic.trace is not None:
+            return False
+        if self.dynamics_map is not None and not (
+            self.detach_policy_context and not self.critic_gradient_to_map and self.dynamics_map.by_hand_applies(obs)
+        ):
+            return False
+        policy_weight = self.policy.net.linear_parameters()[0][0]
+        modules = [self.policy, self.critic, self.critic_target, *self.policy.net._modules.values()]
+        return fusable(obs, policy_weight, modules) and self.critic.layer_parameters()[0][0].dtype == policy_weight.dtype
 
     def _sample_metrics(self, action: Tensor, log_prob: Tensor, log_std: Tensor, metrics: dict[str, Tensor]) -> None:
         metrics["entropy"] = -log_prob.detach().mean()
@@ -267,7 +266,7 @@ class SACAgent(nn.Module):
         draws without autograd's graph: ~1.5x the updates/s at [64, 64] on CPU.
         The context arrives detached: no gradient flows into it on this path."""
         policy_weights, policy_biases = self.policy.net.linear_parameters()
-        critic_weights, critic_biases = list(self.critic.weights), list(self.critic.biases)
+        critic_weights, critic_biases = self.critic.layer_parameters()
         batch_size = batch.obs.shape[0]
         next_policy_input = with_context(batch.next_obs, next_context)
         if update_policy:
@@ -290,7 +289,7 @@ class SACAgent(nn.Module):
             next_action, next_log_prob, _, _ = self._sample_by_hand(next_policy_input)
         alpha = self.log_alpha.exp()
 
-        target_weights, target_biases = list(self.critic_target.weights), list(self.critic_target.biases)
+        target_weights, target_biases = self.critic_target.layer_parameters()
         next_q = ensemble_forward(critic_input(batch.next_obs, next_action, next_context), target_weights, target_biases)
         q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q[0].squeeze(-1), next_log_prob, alpha,
                                         self.gamma)
@@ -345,13 +344,14 @@ class SACAgent(nn.Module):
         """Encode the windows and backpropagate the prediction loss into the encoder (its optimizer
         steps at the end of the update). The next windows only feed the TD target: encoded without
         autograd, so the backward pass covers B rows, not 2B."""
-        with torch.no_grad():
-            next_context = self.dynamics_map.encode(batch.next_window, batch.next_window_mask)
         if by_hand:
-            context, map_metrics = self.dynamics_map.learn_by_hand(
-                batch.window, batch.window_mask, batch.obs, batch.action, batch.next_obs
+            context, next_context, map_metrics = self.dynamics_map.learn_by_hand(
+                batch.window, batch.window_mask, batch.next_window, batch.next_window_mask, batch.obs, batch.action,
+                batch.next_obs,
             )
         else:
+            with torch.no_grad():
+                next_context = self.dynamics_map.encode(batch.next_window, batch.next_window_mask)
             context = self.dynamics_map.encode(batch.window, batch.window_mask)
             loss, map_metrics = self.dynamics_map.prediction_loss(batch.obs, batch.action, batch.next_obs, context)
             self.map_optimizer.zero_grad(set_to_none=True)
