@@ -10,7 +10,7 @@ from torch.distributions.transforms import TanhTransform
 
 from dynsac.sac import losses
 from dynsac.sac.agent import SACAgent, clipped_grad_norm
-from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, soft_clamp, tanh_log_det_jacobian
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, soft_clamp, tanh_gaussian
 from dynsac.sac.replay import ReplayBuffer
 
 
@@ -58,11 +58,13 @@ def test_tanh_log_prob_matches_torch_distributions():
 
 
 def test_tanh_correction_is_finite_when_saturated():
-    pre_tanh = torch.tensor([[30.0, -30.0, 100.0]])
-    value = tanh_log_det_jacobian(pre_tanh)
-    assert torch.isfinite(value).all()
-    # log(1 - tanh(u)^2) ~ log 4 - 2|u| for large |u|
-    assert value.item() == pytest.approx(3 * math.log(4) - 2 * 160, rel=1e-5)
+    mu = torch.tensor([[30.0, -30.0, 100.0]])
+    log_std, noise = torch.zeros(1, 3), torch.zeros(1, 3)
+    _, log_prob, _ = tanh_gaussian(mu, log_std, noise)
+    assert torch.isfinite(log_prob).all()
+    # log(1 - tanh(u)^2) ~ log 4 - 2|u| for large |u|; the Gaussian part at noise 0 is -3 log sqrt(2 pi)
+    expected = -3 * 0.5 * math.log(2 * math.pi) - (3 * math.log(4) - 2 * 160)
+    assert log_prob.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_log_std_bounds_are_smooth():

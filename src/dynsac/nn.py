@@ -1,10 +1,11 @@
 """Small neural-network building blocks shared by the context and SAC layers.
 
-ReLU MLPs (single ones and stacked ensembles) have a hand-written forward and backward pass that
-the networks use whenever they can (float32, no autocast, no hooks): one autograd node per MLP
-instead of one per layer, no ReLU mask materialised, and every matrix product taken in the
-orientation CPU BLAS is fast at. Same math as the layer-by-layer modules, which stay the reference
-(and the path for bf16 autocast, forward hooks and the critics' LayerNorm option).
+ReLU MLPs, single ones and stacked ensembles, with their forward and backward passes written out:
+`SACAgent`'s by-hand update and the dynamics map's call them directly (no autograd graph at all),
+and the modules run through them as one autograd node per MLP instead of one per layer. Every
+matrix product is taken in the orientation CPU BLAS is fast at, and no ReLU mask is materialised.
+Same math as the layer-by-layer modules, which stay the reference (and the path for bf16
+autocast, forward hooks and the critics' LayerNorm option).
 """
 
 from __future__ import annotations
