@@ -1,8 +1,10 @@
 """Throughput of dynsac's SAC against Stable-Baselines3's SAC: updates/s, env steps/s, GFLOP/s, memory.
 
 Everything runs in ONE process on the same machine, with the variants interleaved in every
-repetition (rep 1: dynsac, sb3, learned, dynsac-noguard; rep 2 reversed; ...) so that a change of
-machine load hits all of them alike; medians over `--reps` repetitions are reported.
+repetition (rep 1: dynsac-noguard, dynsac, sb3, learned; rep 2 reversed; ...) so that a change of
+machine load hits all of them alike. Rates are medians over `--reps` repetitions; ratios are
+medians of the per-repetition ratios (timings seconds apart, so slow drifts of the machine's speed
+cancel).
 
 1. updates/s with a filled replay buffer (`--fill` random transitions; M updates timed after
    `--warmup` warm-up updates, M chosen from a short probe so that one timing lasts ~`--seconds`,
@@ -80,7 +82,9 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "throughput.json"
 ENV_ID = "Pendulum-v1"
 LEARNED_ENV_ID = "dynsac/RandomPendulum-v0"
 LIBS = ("dynsac", "learned", "sb3")
-VARIANT_ORDER = ("dynsac", "sb3", "learned", "dynsac-noguard", "dynsac-bf16")  # interleaving order (odd reps reversed)
+# Interleaving order (odd reps reversed): dynsac sits next to each variant it is compared with,
+# except learned, one timing further away.
+VARIANT_ORDER = ("dynsac-bf16", "dynsac-noguard", "dynsac", "sb3", "learned")
 LOOP_VARIANTS = ("dynsac", "sb3", "learned")
 DEFAULT_CELL = (256, 256)  # (hidden, batch) of the loop benchmark and of most targets
 MEMORY_OBS_DIM, MEMORY_ACTION_DIM = 17, 6  # HalfCheetah
@@ -442,6 +446,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _minus_one(value: float | None) -> float | None:
+    return None if value is None else value - 1.0
+
+
+def paired_ratio(raw: dict[str, list[dict[str, float]]], a: str, b: str, key: str) -> float | None:
+    """Median over repetitions of a's rate over b's in the same repetition. The two timings are
+    seconds apart, so a drift of the machine's speed over minutes (+-20% on this VM) cancels,
+    which a ratio of the two medians does not do."""
+    if not raw.get(a) or not raw.get(b):
+        return None
+    ratios = [run_a[key] / run_b[key] for run_a, run_b in zip(raw[a], raw[b]) if run_b[key]]
+    return statistics.median(ratios) if ratios else None
+
+
 # ----------------------------------------------------------------------------- one cell of the grid
 def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_loop: bool) -> dict[str, Any]:
     import torch
@@ -453,7 +471,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
     variants: dict[str, Variant] = {}
     model = None
     build_s: dict[str, float] = {}
-    for name in VARIANT_ORDER:
+    for name in ("dynsac", "dynsac-noguard", "dynsac-bf16", "learned", "sb3"):  # noguard and bf16 reuse dynsac's trainer
         start = time.perf_counter()
         if name == "dynsac" and "dynsac" in args.libs:
             trainers["dynsac"] = build_dynsac(args, hidden, batch, cell_dir / "dynsac", learned=False)
@@ -471,6 +489,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
             torch.set_num_threads(args.threads)
             variants["sb3"] = sb3_variant(model, batch)
         build_s[name] = time.perf_counter() - start
+    variants = {name: variants[name] for name in VARIANT_ORDER if name in variants}
 
     counts, probe = {}, {}
     minimum = 3
@@ -492,13 +511,13 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
         "build_seconds": build_s,
         "raw": raw,
         "median_updates_per_s": ups,
-        "ratios": {
-            "dynsac_over_sb3": _ratio(ups.get("dynsac"), ups.get("sb3")),
-            "dynsac_noguard_over_sb3": _ratio(ups.get("dynsac-noguard"), ups.get("sb3")),
-            "guard_overhead": None if _ratio(ups.get("dynsac-noguard"), ups.get("dynsac")) is None
-            else ups["dynsac-noguard"] / ups["dynsac"] - 1.0,
-            "learned_over_none_cost": _ratio(ups.get("dynsac"), ups.get("learned")),
-            "dynsac_bf16_over_sb3": _ratio(ups.get("dynsac-bf16"), ups.get("sb3")),
+        "ratios": {  # medians of per-repetition ratios (`paired_ratio`)
+            "dynsac_over_sb3": paired_ratio(raw, "dynsac", "sb3", "updates_per_s"),
+            "dynsac_noguard_over_sb3": paired_ratio(raw, "dynsac-noguard", "sb3", "updates_per_s"),
+            "guard_overhead": _minus_one(paired_ratio(raw, "dynsac-noguard", "dynsac", "updates_per_s")),
+            "learned_over_none_cost": paired_ratio(raw, "dynsac", "learned", "updates_per_s"),
+            "dynsac_bf16_over_sb3": paired_ratio(raw, "dynsac-bf16", "sb3", "updates_per_s"),
+            "dynsac_bf16_over_dynsac": paired_ratio(raw, "dynsac-bf16", "dynsac", "updates_per_s"),
         },
         "flops_per_update": flops["total"],
         "flops_parts": flops["parts"],
@@ -543,8 +562,8 @@ def run_loop_cell(args: argparse.Namespace, hidden: int, batch: int, trainers: d
         "probe_seconds_per_step": probe,
         "raw": raw,
         "median_steps_per_s": sps,
-        "ratios": {"dynsac_over_sb3": _ratio(sps.get("dynsac"), sps.get("sb3")),
-                   "learned_over_none_cost": _ratio(sps.get("dynsac"), sps.get("learned"))},
+        "ratios": {"dynsac_over_sb3": paired_ratio(raw, "dynsac", "sb3", "steps_per_s"),
+                   "learned_over_none_cost": paired_ratio(raw, "dynsac", "learned", "steps_per_s")},
     }
 
 
@@ -712,7 +731,8 @@ def format_tables(cells: dict[str, dict[str, Any]], memory: dict[str, Any] | Non
     lines = []
     head = (f"{'hidden':>11} {'batch':>5} | {'dynsac':>8} {'noguard':>8} {'learned':>8} {'sb3':>8} | "
             f"{'dyn/sb3':>7} {'ng/sb3':>7} {'guard%':>7} {'lrn/none':>8}")
-    lines += ["updates/s (median over reps; dynsac = trainer.update() with guards, noguard = without)", head,
+    lines += ["updates/s (median over reps; dynsac = trainer.update() with guards, noguard = without; "
+              "ratios: median of per-rep ratios)", head,
               "-" * len(head)]
     for cell in cells.values():
         u, r = cell["median_updates_per_s"], cell["ratios"]
@@ -731,7 +751,7 @@ def format_tables(cells: dict[str, dict[str, Any]], memory: dict[str, Any] | Non
             u = cell["median_updates_per_s"]
             lines.append(f"{str(cell['hidden']):>11} {cell['batch']:>5} | {_fmt(u.get('dynsac'), '.1f', 8)} "
                          f"{_fmt(u.get('dynsac-bf16'), '.1f', 8)} {_fmt(u.get('sb3'), '.1f', 8)} | "
-                         f"{_fmt(_ratio(u.get('dynsac-bf16'), u.get('dynsac')), '.2f', 9)} "
+                         f"{_fmt(cell['ratios']['dynsac_bf16_over_dynsac'], '.2f', 9)} "
                          f"{_fmt(cell['ratios']['dynsac_bf16_over_sb3'], '.2f', 8)}")
     head = (f"{'hidden':>11} {'batch':>5} | {'MFLOP/upd':>10} {'ceiling':>8} | {'dynsac':>7} {'%ceil':>6} | "
             f"{'noguard':>7} {'%ceil':>6} | {'sb3':>7} {'%ceil':>6}")

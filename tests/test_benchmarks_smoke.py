@@ -87,6 +87,15 @@ def test_sac_update_flops_by_hand():
     assert flops["sb3_extra"] == 2 * critic
 
 
+def test_ratios_are_medians_of_per_repetition_ratios():
+    module = load_module()
+    # The machine slows down by 2x between repetitions 1 and 2: both variants alike.
+    raw = {"a": [{"rate": 300.0}, {"rate": 150.0}, {"rate": 290.0}],
+           "b": [{"rate": 100.0}, {"rate": 50.0}, {"rate": 145.0}]}
+    assert module.paired_ratio(raw, "a", "b", "rate") == 3.0  # median of 3.0, 3.0, 2.0
+    assert module.paired_ratio(raw, "a", "missing", "rate") is None
+
+
 def test_stress_benchmark_runs_scales_and_reports(tmp_path, subprocess_env):
     """benchmarks/stress.py at the tiniest budget: dynsac at rewards x1 and x1e6 (the learner sees
     the same normalised batches, so both evaluate alike) and the crash case skipped."""
