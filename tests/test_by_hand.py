@@ -5,16 +5,22 @@ float64 so that any mistake shows far above rounding."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from dynsac import SACTrainer
+from dynsac.config import load_config
+from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.nn import MLP, ensemble_backward, ensemble_forward, relu_mlp_backward, relu_mlp_forward
 from dynsac.sac import losses
 from dynsac.sac.agent import SACAgent
 from dynsac.sac.networks import CriticEnsemble, soft_clamp, tanh_gaussian, tanh_gaussian_backward
 from dynsac.sac.replay import Batch
+
+from conftest import tiny_overrides
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
@@ -197,8 +203,6 @@ def test_mlp_keeps_sequential_behaviour():
 
 @pytest.mark.parametrize("bounded", [True, False])
 def test_by_hand_dynamics_map_matches_autograd(bounded):
-    from dynsac.context.dynamics_map import DynamicsMap
-
     torch.manual_seed(5)
     history, context_dim = 4, 3
     dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,), bounded=bounded)
@@ -239,3 +243,21 @@ def test_hooks_on_the_top_modules_turn_the_by_hand_path_off():
     assert agent.by_hand_applies(obs)
     agent.policy.register_forward_pre_hook(lambda module, args: None)
     assert not agent.by_hand_applies(obs)
+
+
+@pytest.mark.parametrize("config_file", [
+    "training/config_dynamics_map.yaml", "configs/pendulum.yaml", "configs/random_pendulum.yaml",
+    "configs/random_pendulum_oracle.yaml", "configs/conservative.yaml", "configs/random_linear_no_context.yaml",
+])
+def test_shipped_configs_update_by_hand(tmp_path, config_file):
+    """The presets run on the fast path (a setting that silently sent them to autograd would
+    show only as lost speed)."""
+    root = Path(__file__).resolve().parents[1]
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("env.id=")]
+    trainer = SACTrainer(load_config(root / config_file, overrides))
+    while trainer.step < 64:
+        trainer.collect_step()
+    batch = trainer.buffer.sample(8, trainer.config.context.history_length
+                                  if trainer.config.context.source == "learned" else 0)
+    assert trainer.agent.by_hand_applies(batch.obs)
+    trainer.env.close()
