@@ -63,3 +63,20 @@ def test_lean_adam_falls_back_when_a_parameter_has_no_gradient() -> None:
         model[2](hidden).sum().backward()  # the first layer gets no gradient
         optimizer.step()
     _assert_same(net, twin)
+
+
+def test_fast_step_is_step_and_honours_step_hooks() -> None:
+    net, twin = _twins(2)
+    lean, reference = LeanAdam(net.parameters(), lr=1e-2), LeanAdam(twin.parameters(), lr=1e-2)
+    inputs = torch.randn(8, 5)
+    calls = []
+    for step in range(4):
+        for model, optimizer in ((net, lean), (twin, reference)):
+            optimizer.zero_grad(set_to_none=True)
+            model(inputs).square().mean().backward()
+        lean.fast_step()
+        reference.step()
+        _assert_same(net, twin)
+        if step == 1:  # from here on, a hook: fast_step must go through step() and call it
+            lean.register_step_pre_hook(lambda optimizer, args, kwargs: calls.append(1))
+    assert len(calls) == 2

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 
 class LeanAdam(torch.optim.Adam):
@@ -65,6 +66,20 @@ class LeanAdam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        return self._lean_step(closure)
+
+    def fast_step(self) -> None:
+        """`step()` without the wrapper torch puts around every optimizer's `step` (a profiler
+        range and the step-hook loops: ~11 us per call on CPU, a quarter of the whole step for
+        SAC-sized networks) when no step hook is registered; with a hook, `step()` itself."""
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks):
+            self.step()
+            return
+        with torch.no_grad():
+            self._lean_step(None)
+
+    def _lean_step(self, closure: Any) -> Any:
         lists = None if closure is not None else self._lists()
         if lists is None:
             return super().step(closure)
