@@ -261,3 +261,8 @@ def test_shipped_configs_update_by_hand(tmp_path, config_file):
                                   if trainer.config.context.source == "learned" else 0)
     assert trainer.agent.by_hand_applies(batch.obs)
     trainer.env.close()
+
+
+def test_flat_parameters_follow_parameters_order():
+    critic = CriticEnsemble(3, 2, (8, 8), layer_norm=True)
+    assert [id(p) for p in critic.flat_parameters()] == [id(p) for p in critic.parameters()]

@@ -385,7 +385,7 @@ class SACAgent(nn.Module):
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
+        torch._foreach_lerp_(self.critic_target.flat_parameters(), self.critic.flat_parameters(), self.tau)
 
     def set_learning_rates(self, actor: float, critic: float, alpha: float, dynamics_map: float | None = None) -> None:
         for optimizer, lr in zip(self.optimizers.values(), (actor, critic, alpha, dynamics_map)):

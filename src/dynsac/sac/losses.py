@@ -76,9 +76,8 @@ def alpha_loss_and_grad(log_alpha: Tensor, log_prob: Tensor, target_entropy: flo
 def q_statistics(q_pred: Tensor, q_target: Tensor) -> dict[str, Tensor]:
     """Detached summary statistics of predicted and target Q-values."""
     q_pred, q_target = q_pred.detach(), q_target.detach()
-    return {
-        "q_mean": q_pred.mean(),
-        "q_std": q_pred.std() if q_pred.numel() > 1 else torch.zeros((), device=q_pred.device),
-        "q_max_abs": q_pred.abs().max(),
-        "q_target_mean": q_target.mean(),
-    }
+    if q_pred.numel() > 1:
+        q_std, q_mean = torch.std_mean(q_pred)
+    else:
+        q_std, q_mean = torch.zeros((), device=q_pred.device), q_pred.mean()
+    return {"q_mean": q_mean, "q_std": q_std, "q_max_abs": q_pred.abs().max(), "q_target_mean": q_target.mean()}

@@ -192,6 +192,11 @@ class CriticEnsemble(nn.Module):
         self.norm_weights = nn.ParameterList([nn.Parameter(torch.ones(num_critics, 1, size)) for size in hidden])
         self.norm_biases = nn.ParameterList([nn.Parameter(torch.zeros(num_critics, 1, size)) for size in hidden])
 
+    def flat_parameters(self) -> list[nn.Parameter]:
+        """`list(self.parameters())`, same order, without walking the submodules."""
+        lists = (self.weights, self.biases, self.norm_weights, self.norm_biases)
+        return [param for plist in lists for param in plist._parameters.values()]
+
     def layer_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """The stacked weights and biases, layer by layer (read from the ParameterLists' storage:
         iterating a ParameterList costs ~3 us, and this runs several times per update)."""
