@@ -140,6 +140,22 @@ def _batch(context_dim: int = 0, size: int = 48) -> Batch:
                  context=context, next_context=None if context is None else draw(size, context_dim))
 
 
+def _assert_same_updates(by_hand: SACAgent, reference: SACAgent, batch: Batch, steps: int) -> None:
+    """`steps` updates of each agent on `batch`, with the same noise draws, agree in every metric
+    and, at the end, in every state-dict entry."""
+    assert by_hand.by_hand_applies(batch.obs) and not reference.by_hand_applies(batch.obs)
+    for step in range(steps):
+        torch.manual_seed(step)
+        metrics = by_hand.update(batch)
+        torch.manual_seed(step)
+        expected = reference.update(batch)
+        assert metrics.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.allclose(metrics[name].double(), value.double(), rtol=1e-8, atol=1e-10), (step, name)
+    for (name, value), expected in zip(by_hand.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(value.double(), expected.double(), rtol=1e-8, atol=1e-10), name
+
+
 @pytest.mark.parametrize("options", [
     {},
     {"context_dim": 2},
@@ -153,17 +169,7 @@ def test_by_hand_update_matches_autograd_update(options):
     reference = copy.deepcopy(by_hand)
     reference.by_hand = False
     batch = _batch(options.get("context_dim", 0))
-    assert by_hand.by_hand_applies(batch.obs) and not reference.by_hand_applies(batch.obs)
-    for step in range(6):
-        torch.manual_seed(step)  # the same noise draws on both sides
-        metrics = by_hand.update(batch)
-        torch.manual_seed(step)
-        expected = reference.update(batch)
-        assert metrics.keys() == expected.keys()
-        for name, value in expected.items():
-            assert torch.allclose(metrics[name].double(), value.double(), rtol=1e-8, atol=1e-10), (step, name)
-    for (name, value), expected in zip(by_hand.state_dict().items(), reference.state_dict().values()):
-        assert torch.allclose(value.double(), expected.double(), rtol=1e-8, atol=1e-10), name
+    _assert_same_updates(by_hand, reference, batch, steps=6)
 
 
 def test_by_hand_update_stands_aside_where_it_does_not_apply():
@@ -218,17 +224,7 @@ def test_by_hand_dynamics_map_matches_autograd(bounded):
     mask = (torch.rand(48, history, generator=generator) > 0.3).double()
     batch.window, batch.window_mask = draw(48, history, features), mask
     batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, dtype=torch.float64)
-    assert by_hand.by_hand_applies(batch.obs) and not reference.by_hand_applies(batch.obs)
-    for step in range(4):
-        torch.manual_seed(step)
-        metrics = by_hand.update(batch)
-        torch.manual_seed(step)
-        expected = reference.update(batch)
-        assert metrics.keys() == expected.keys()
-        for name, value in expected.items():
-            assert torch.allclose(metrics[name].double(), value.double(), rtol=1e-8, atol=1e-10), (step, name)
-    for (name, value), expected in zip(by_hand.state_dict().items(), reference.state_dict().values()):
-        assert torch.allclose(value.double(), expected.double(), rtol=1e-8, atol=1e-10), name
+    _assert_same_updates(by_hand, reference, batch, steps=4)
     # With the critic's gradient flowing into the map, only autograd knows the way.
     by_hand.critic_gradient_to_map = True
     assert not by_hand.by_hand_applies(batch.obs)

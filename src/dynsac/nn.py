@@ -10,7 +10,8 @@ autocast, forward hooks and the critics' LayerNorm option).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -42,17 +43,71 @@ def fusable(x: Tensor, weight: Tensor, modules: Sequence[nn.Module] = ()) -> boo
     return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
 
 
-def relu_mlp_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """Output of the ReLU MLP with nn.Linear layouts (weights (out, in), biases (out,)), and each
-    layer's input (x, then the ReLU outputs), which `relu_mlp_backward` needs."""
-    inputs = [x]
+class _Layout(NamedTuple):
+    """How one layer computes and differentiates, for a weight layout."""
+
+    layer: Callable[[Tensor, Tensor, Tensor], Tensor]  # (input, weight, bias) -> pre-activation
+    weight_grad: Callable[[Tensor, Tensor], Tensor]  # (grad of the output, input) -> grad of the weight
+    bias_grad: Callable[[Tensor], Tensor]  # grad of the output -> grad of the bias
+    input_grad: Callable[[Tensor, Tensor], Tensor]  # (grad of the output, weight) -> grad of the input
+
+
+def _ensemble_layer(hidden: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    if weight.shape[-1] == 1:  # a one-output head: multiply-and-sum beats a batched GEMV
+        return (hidden * weight.transpose(1, 2)).sum(-1, keepdim=True).add_(bias)
+    return torch.baddbmm(bias, hidden, weight)
+
+
+# nn.Linear: weights (out, in), biases (out,), inputs (B, in).
+_LINEAR = _Layout(
+    layer=lambda hidden, weight, bias: torch.addmm(bias, hidden, weight.t()),
+    weight_grad=lambda grad, hidden: matmul(grad.t(), hidden),
+    bias_grad=lambda grad: grad.sum(0),
+    input_grad=lambda grad, weight: matmul(grad, weight),
+)
+# E stacked MLPs: weights (E, in, out), biases (E, 1, out), inputs (E, B, in).
+_ENSEMBLE = _Layout(
+    layer=_ensemble_layer,
+    weight_grad=lambda grad, hidden: matmul(hidden.transpose(1, 2), grad),
+    bias_grad=lambda grad: grad.sum(1, keepdim=True),
+    input_grad=lambda grad, weight: matmul(grad, weight.transpose(1, 2)),
+)
+
+
+def _forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], layout: _Layout
+             ) -> tuple[Tensor, list[Tensor]]:
+    inputs = [x]  # each layer's input: x, then the ReLU outputs
     hidden = x
     for index, (weight, bias) in enumerate(zip(weights, biases)):
-        hidden = torch.addmm(bias, hidden, weight.t())
+        hidden = layout.layer(hidden, weight, bias)
         if index < len(weights) - 1:
             hidden = hidden.relu_()
             inputs.append(hidden)
     return hidden, inputs
+
+
+def _backward(
+    grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], layout: _Layout, param_grads: bool,
+    input_grad: bool,
+) -> tuple[Tensor | None, list[Tensor], list[Tensor]]:
+    weight_grads: list[Tensor] = []
+    bias_grads: list[Tensor] = []
+    input_gradient = None
+    for index in reversed(range(len(weights))):
+        if param_grads:
+            weight_grads.insert(0, layout.weight_grad(grad, inputs[index]))
+            bias_grads.insert(0, layout.bias_grad(grad))
+        if index > 0:
+            grad = _relu_backward(layout.input_grad(grad, weights[index]), inputs[index], 0)
+        elif input_grad:
+            input_gradient = layout.input_grad(grad, weights[0])
+    return input_gradient, weight_grads, bias_grads
+
+
+def relu_mlp_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """Output of the ReLU MLP with nn.Linear layouts (weights (out, in), biases (out,)), and each
+    layer's input (x, then the ReLU outputs), which `relu_mlp_backward` needs."""
+    return _forward(x, weights, biases, _LINEAR)
 
 
 def relu_mlp_backward(
@@ -60,52 +115,21 @@ def relu_mlp_backward(
 ) -> tuple[Tensor | None, list[Tensor], list[Tensor]]:
     """Gradients of the input, weights and biases from that of the output (each list empty when
     not asked for)."""
-    weight_grads: list[Tensor] = []
-    bias_grads: list[Tensor] = []
-    input_gradient = None
-    for index in reversed(range(len(weights))):
-        if param_grads:
-            weight_grads.insert(0, matmul(grad.t(), inputs[index]))
-            bias_grads.insert(0, grad.sum(0))
-        if index > 0:
-            grad = _relu_backward(matmul(grad, weights[index]), inputs[index], 0)
-        elif input_grad:
-            input_gradient = matmul(grad, weights[0])
-    return input_gradient, weight_grads, bias_grads
+    return _backward(grad, inputs, weights, _LINEAR, param_grads, input_grad)
 
 
 def ensemble_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """E stacked ReLU MLPs on a shared input x (B, in), weights (E, in, out), biases (E, 1, out):
     the output (E, B, out) and each layer's input, for `ensemble_backward`."""
-    inputs = [x.expand(weights[0].shape[0], *x.shape)]
-    hidden = inputs[0]
-    for index, (weight, bias) in enumerate(zip(weights, biases)):
-        if weight.shape[-1] == 1:  # a one-output head: multiply-and-sum beats a batched GEMV
-            hidden = (hidden * weight.transpose(1, 2)).sum(-1, keepdim=True).add_(bias)
-        else:
-            hidden = torch.baddbmm(bias, hidden, weight)
-        if index < len(weights) - 1:
-            hidden = hidden.relu_()
-            inputs.append(hidden)
-    return hidden, inputs
+    return _forward(x.expand(weights[0].shape[0], *x.shape), weights, biases, _ENSEMBLE)
 
 
 def ensemble_backward(
     grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], param_grads: bool = True, input_grad: bool = False
 ) -> tuple[Tensor | None, list[Tensor], list[Tensor]]:
     """`relu_mlp_backward` for `ensemble_forward`; the input's gradient is summed over the E MLPs."""
-    weight_grads: list[Tensor] = []
-    bias_grads: list[Tensor] = []
-    input_gradient = None
-    for index in reversed(range(len(weights))):
-        if param_grads:
-            weight_grads.insert(0, matmul(inputs[index].transpose(1, 2), grad))
-            bias_grads.insert(0, grad.sum(1, keepdim=True))
-        if index > 0:
-            grad = _relu_backward(matmul(grad, weights[index].transpose(1, 2)), inputs[index], 0)
-        elif input_grad:
-            input_gradient = matmul(grad, weights[0].transpose(1, 2)).sum(0)
-    return input_gradient, weight_grads, bias_grads
+    input_gradient, weight_grads, bias_grads = _backward(grad, inputs, weights, _ENSEMBLE, param_grads, input_grad)
+    return None if input_gradient is None else input_gradient.sum(0), weight_grads, bias_grads
 
 
 class _ReluMLPFunction(torch.autograd.Function):
