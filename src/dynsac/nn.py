@@ -111,7 +111,8 @@ def relu_mlp_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tens
 
 
 def relu_mlp_backward(
-    grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], param_grads: bool = True, input_grad: bool = False
+    grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], param_grads: bool = True,
+    input_grad: bool = False,
 ) -> tuple[Tensor | None, list[Tensor], list[Tensor]]:
     """Gradients of the input, weights and biases from that of the output (each list empty when
     not asked for)."""
@@ -125,11 +126,19 @@ def ensemble_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tens
 
 
 def ensemble_backward(
-    grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], param_grads: bool = True, input_grad: bool = False
+    grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], param_grads: bool = True,
+    input_grad: bool = False,
 ) -> tuple[Tensor | None, list[Tensor], list[Tensor]]:
     """`relu_mlp_backward` for `ensemble_forward`; the input's gradient is summed over the E MLPs."""
     input_gradient, weight_grads, bias_grads = _backward(grad, inputs, weights, _ENSEMBLE, param_grads, input_grad)
     return None if input_gradient is None else input_gradient.sum(0), weight_grads, bias_grads
+
+
+def set_grads(parameters: Sequence[nn.Parameter], grads: Sequence[Tensor]) -> None:
+    """Hand-computed gradients into `.grad`, contiguous (the fused Adam kernel walks gradient and
+    parameter alike, and a thin product's gradient comes back transposed)."""
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = grad.contiguous()
 
 
 class _ReluMLPFunction(torch.autograd.Function):

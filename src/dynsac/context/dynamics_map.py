@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dynsac.context.window import feature_dim, transition_features
-from dynsac.nn import fusable, mlp, relu_mlp_backward, relu_mlp_forward
+from dynsac.nn import fusable, mlp, relu_mlp_backward, relu_mlp_forward, set_grads
 
 
 class RunningNormalizer(nn.Module):
@@ -158,9 +158,11 @@ class DynamicsMap(nn.Module):
         # d mean((pred - target)^2) / d pred = 2 (pred - target) / numel
         grad_forward = (forward_pred - norm_delta).mul_(2.0 / forward_pred.numel())
         grad_backward = (backward_pred - norm_obs).mul_(2.0 * self.backward_weight / backward_pred.numel())
-        grad_forward_input, *forward_grads = relu_mlp_backward(grad_forward, forward_inputs, forward_model[0], True, True)
+        grad_forward_input, *forward_grads = relu_mlp_backward(
+            grad_forward, forward_inputs, forward_model[0], input_grad=True
+        )
         grad_backward_input, *backward_grads = relu_mlp_backward(
-            grad_backward, backward_inputs, backward_model[0], True, True
+            grad_backward, backward_inputs, backward_model[0], input_grad=True
         )
         grad_context = grad_forward_input[:, -self.context_dim:] + grad_backward_input[:, -self.context_dim:]
         if self.bounded:
@@ -169,8 +171,7 @@ class DynamicsMap(nn.Module):
         for (weights, biases), (weight_grads, bias_grads) in zip(
             (encoder, forward_model, backward_model), (encoder_grads, forward_grads, backward_grads)
         ):
-            for param, grad in zip([*weights, *biases], [*weight_grads, *bias_grads]):
-                param.grad = grad.contiguous()  # the fused Adam kernel walks grad and parameter alike
+            set_grads([*weights, *biases], [*weight_grads, *bias_grads])
         return context, next_context, metrics
 
     def observe(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
