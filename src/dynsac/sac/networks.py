@@ -212,8 +212,8 @@ class CriticEnsemble(nn.Module):
         """Q-values (num_critics, batch). `detach_params` lets the actor loss backpropagate into
         the action without computing gradients for the critics' weights."""
         hidden = critic_input(obs, action, context)
-        if self.fused and not self.layer_norm and self.trace is None and fusable(hidden, self.weights[0]):
-            weights, biases = self.layer_parameters()
+        weights, biases = self.layer_parameters()
+        if self.fused and not self.layer_norm and self.trace is None and fusable(hidden, weights[0]):
             if detach_params:
                 weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
             if not torch.is_grad_enabled():

@@ -23,8 +23,8 @@ class LeanAdam(torch.optim.Adam):
     """`torch.optim.Adam(params, lr, fused=True)` with a cached fast path in `step()`.
 
     The fast path needs one param group with plain Adam options (no amsgrad, maximize or weight
-    decay) and every parameter with a gradient, all on one device and dtype; anything else (and the first step, which creates the state) goes through
-    `torch.optim.Adam.step` unchanged.
+    decay) and every parameter with a gradient, all on one device and dtype; anything else (and
+    the first step, which creates the state) goes through `torch.optim.Adam.step` unchanged.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
