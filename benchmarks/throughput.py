@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fill", type=int, default=10_000, help="random transitions in the buffer (default 10000)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both libraries (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both libraries train (default cpu, the reference; cuda: each timing ends with "
+                             "a device synchronize)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="dynsac config both libraries are built from")
     parser.add_argument("--bf16", action="store_true",
                         help="also time dynsac with training.precision=bf16 (an option that changes the numerics)")
@@ -205,18 +208,21 @@ def sac_update_flops(obs_dim: int, action_dim: int, hidden: list[int], batch: in
     return {"total": sum(parts.values()), "sb3_extra": n * f_q, "parts": parts}
 
 
-def matmul_ceiling(batch: int, hidden: int, seconds: float, samples: int = 3) -> dict[str, Any]:
+def matmul_ceiling(batch: int, hidden: int, seconds: float, samples: int = 3, device: str = "cpu") -> dict[str, Any]:
     """Measured fp32 GFLOP/s of torch.mm (batch, hidden) x (hidden, hidden): median of `samples`."""
     import torch
 
-    a, w = torch.randn(batch, hidden), torch.randn(hidden, hidden)
-    out = torch.empty(batch, hidden)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a, w = torch.randn(batch, hidden, device=device), torch.randn(hidden, hidden, device=device)
+    out = torch.empty(batch, hidden, device=device)
     for _ in range(3):
         torch.mm(a, w, out=out)
+    sync()
     start, n = time.perf_counter(), 0
     while n < 3 or time.perf_counter() - start < min(0.05, seconds / samples / 4):
         torch.mm(a, w, out=out)
         n += 1
+    sync()
     per_call = (time.perf_counter() - start) / n
     calls = max(3, int(seconds / samples / per_call))
     rates = []
@@ -224,6 +230,7 @@ def matmul_ceiling(batch: int, hidden: int, seconds: float, samples: int = 3) ->
         start = time.perf_counter()
         for _ in range(calls):
             torch.mm(a, w, out=out)
+        sync()
         rates.append(2.0 * batch * hidden * hidden * calls / (time.perf_counter() - start) / 1e9)
     return {"gflops": statistics.median(rates), "samples": rates, "calls_per_sample": calls, "shape": [batch, hidden, hidden]}
 
@@ -245,7 +252,7 @@ def dynsac_config(args: argparse.Namespace, hidden: int, batch: int, log_dir: Pa
         "training.updates_per_step=1",
         f"training.seed={args.seed}",
         f"training.torch_threads={args.threads}",
-        "training.device=cpu",
+        f"training.device={args.device}",
         "training.eval_interval=0",
         "training.checkpoint_interval=0",
         f"logging.dir={log_dir}",
@@ -374,7 +381,7 @@ def build_sb3(args: argparse.Namespace, config) -> Any:
         "MlpPolicy", gym.make(ENV_ID), learning_rate=t.learning_rate, buffer_size=args.fill,
         learning_starts=args.fill, batch_size=t.batch_size, tau=t.tau, gamma=t.gamma, train_freq=1,
         gradient_steps=t.updates_per_step, ent_coef=ent_coef, target_entropy=target_entropy,
-        policy_kwargs=dict(net_arch=list(t.hidden_sizes)), seed=args.seed, device="cpu", verbose=0,
+        policy_kwargs=dict(net_arch=list(t.hidden_sizes)), seed=args.seed, device=args.device, verbose=0,
     )
     model.learn(total_timesteps=args.fill)  # random actions, no gradient step (num_timesteps == learning_starts)
     return model
@@ -386,6 +393,19 @@ def sb3_variant(model, batch: int) -> Variant:
 
 def sb3_loop_variant(model) -> Variant:
     return Variant("sb3", lambda n: model.learn(total_timesteps=n, reset_num_timesteps=False))
+
+
+def synced(variant: Variant, device: str) -> Variant:
+    """On a GPU, the variant's run waits for the device, so that a timing covers the work queued."""
+    if device != "cuda":
+        return variant
+    import torch
+
+    def run(n: int) -> None:
+        variant.run(n)
+        torch.cuda.synchronize()
+
+    return Variant(variant.name, run, variant.close, variant.after)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -489,7 +509,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
             torch.set_num_threads(args.threads)
             variants["sb3"] = sb3_variant(model, batch)
         build_s[name] = time.perf_counter() - start
-    variants = {name: variants[name] for name in VARIANT_ORDER if name in variants}
+    variants = {name: synced(variants[name], args.device) for name in VARIANT_ORDER if name in variants}
 
     counts, probe = {}, {}
     minimum = 3
@@ -501,7 +521,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
     ups = medians(raw, "updates_per_s")
 
     flops = sac_update_flops(3, 1, [hidden, hidden], batch)
-    ceiling = matmul_ceiling(batch, hidden, min(0.6, args.seconds / 2))
+    ceiling = matmul_ceiling(batch, hidden, min(0.6, args.seconds / 2), device=args.device)
     gflops = {name: flops["total"] * rate / 1e9 for name, rate in ups.items() if name != "learned"}
     result: dict[str, Any] = {
         "hidden": [hidden, hidden],
@@ -548,6 +568,7 @@ def run_loop_cell(args: argparse.Namespace, hidden: int, batch: int, trainers: d
             loops[name] = dynsac_loop_variant(name, trainers[name], cell_dir / f"loop_{name}")
         elif name == "sb3" and model is not None:
             loops["sb3"] = sb3_loop_variant(model)
+    loops = {name: synced(variant, args.device) for name, variant in loops.items()}
     try:
         counts, probe = {}, {}
         for name, variant in loops.items():
@@ -855,6 +876,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "torch_num_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
     }
     try:
@@ -893,14 +915,16 @@ def main(argv: list[str] | None = None) -> int:
     cells: dict[str, dict[str, Any]] = {}
     memory: dict[str, Any] | None = None
     info = machine_info(args.threads)
+    info["device"] = args.device
     revision = git_revision()
     grid = [(h, b) for h in args.hidden for b in args.batches]
     loop_cells = [] if args.skip_loop else (grid if args.loop_all else [c for c in grid if c == DEFAULT_CELL])
     if not args.skip_loop and not loop_cells:
         print(f"note: the loop benchmark runs at [{DEFAULT_CELL[0]}]*2 batch {DEFAULT_CELL[1]}, not in this grid; "
               "use --loop-all to run it at every cell", flush=True)
+    where = f"cuda ({info['gpu']})" if args.device == "cuda" else "cpu"
     print(f"throughput: grid hidden {args.hidden} x batch {args.batches}, libs {args.libs}, {args.reps} reps, "
-          f"~{args.seconds}s per timing, {args.threads} torch threads, fill {args.fill:,}; {info['cpu_model']}, "
+          f"~{args.seconds}s per timing, {args.threads} torch threads, fill {args.fill:,}; {info['cpu_model']}, device {where}, "
           f"torch {info['torch']}, revision {revision}", flush=True)
     reference = None
     with tempfile.TemporaryDirectory(prefix="dynsac_throughput_") as tmp_name:

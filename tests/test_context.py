@@ -148,7 +148,7 @@ def test_short_training_run_with_each_context_source(tmp_path, source):
     if source != "none":
         assert {"context/mean", "context/std", "context/abs_max"} <= set(records[-1])
     if source == "env":
-        stored = trainer.buffer.context[: len(trainer.buffer)].numpy()
+        stored = trainer.buffer.context[: len(trainer.buffer)].cpu().numpy()
         assert ((stored >= 0.75) & (stored <= 1.25)).all() and len(np.unique(stored[:, 0])) > 1
 
 
@@ -241,8 +241,8 @@ def test_windows_from_buffer_equal_each_envs_acting_window_with_several_envs(tmp
     for _ in range(120):  # 360 transitions: 7 episodes per env, the buffer wraps 3 times
         trainer.collect_step()
         for env_index, slot in enumerate(slots):
-            latest = torch.tensor([(buffer.position - len(slots) + env_index) % buffer.capacity])
-            features, mask = buffer.windows(latest, 4)
+            latest = torch.tensor([(buffer.position - len(slots) + env_index) % buffer.capacity], device=buffer.device)
+            features, mask = (t.cpu() for t in buffer.windows(latest, 4))
             window = slot.tracker.window
             if slot.episode_length == 0:  # the env was just reset: its new window is empty
                 assert window.mask.sum() == 0

@@ -80,3 +80,29 @@ def test_fast_step_is_step_and_honours_step_hooks() -> None:
         if step == 1:  # from here on, a hook: fast_step must go through step() and call it
             lean.register_step_pre_hook(lambda optimizer, args, kwargs: calls.append(1))
     assert len(calls) == 2
+
+
+def test_plain_adam_state_loads_onto_the_fused_kernel() -> None:
+    """Older checkpoints hold a plain Adam's state: step counts as CPU tensors and `fused: False`.
+    Loaded, LeanAdam keeps stepping as fused Adam (on a GPU the fused kernel needs the counts on
+    the parameters' device; tests/test_cuda.py checks that there)."""
+    net, twin = _twins()
+    plain = torch.optim.Adam(net.parameters(), lr=1e-2)
+    inputs = torch.randn(16, 5)
+    for _ in range(3):
+        _step(net, plain, inputs)
+    twin.load_state_dict(net.state_dict())
+    saved = plain.state_dict()
+    assert saved["param_groups"][0]["fused"] in (None, False)
+    lean = LeanAdam(net.parameters(), lr=1e-2)
+    lean.load_state_dict(copy.deepcopy(saved))
+    assert lean.param_groups[0]["fused"] is True
+    assert all(state["step"].dtype == torch.float32 and state["step"].item() == 3 for state in lean.state.values())
+    as_fused = copy.deepcopy(saved)
+    as_fused["param_groups"][0]["fused"] = True
+    reference = torch.optim.Adam(twin.parameters(), lr=1e-2, fused=True)
+    reference.load_state_dict(as_fused)
+    for _ in range(3):
+        _step(net, lean, inputs)
+        _step(twin, reference, inputs)
+        _assert_same(net, twin)

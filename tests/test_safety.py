@@ -116,7 +116,7 @@ def test_cli_exit_status_3_on_safety_stop(tmp_path, subprocess_env):
 def test_inf_gradient_is_skipped_never_applied(tiny_config):
     trainer = SACTrainer(tiny_config())
     agent = trainer.agent
-    buffer = ReplayBuffer(10, 3, 1)
+    buffer = ReplayBuffer(10, 3, 1, trainer.device)
     for _ in range(4):
         buffer.add(np.zeros(3), np.zeros(1), float("inf"), np.zeros(3), False, False, 0)
     critic_before = [p.clone() for p in agent.critic.parameters()]

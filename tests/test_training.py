@@ -110,8 +110,8 @@ def test_non_finite_observations_are_replaced_counted_and_logged(tmp_path, capsy
     trainer = SACTrainer(config)
     trainer.train()
     assert trainer.sanitized_values == 2 * 6
-    assert np.isfinite(trainer.buffer.obs[:300].numpy()).all()
-    assert np.isfinite(trainer.buffer.next_obs[:300].numpy()).all()
+    assert np.isfinite(trainer.buffer.obs[:300].cpu().numpy()).all()
+    assert np.isfinite(trainer.buffer.next_obs[:300].cpu().numpy()).all()
     assert "step 49: observation had 2 non-finite value(s); replaced by 0" in capsys.readouterr().out
     records = read_metrics(tmp_path / "run")
     assert any(r.get("event") == "sanitized_observation" for r in records)

@@ -174,13 +174,18 @@ class SACAgent(nn.Module):
             self.context_fallbacks += bad_rows
         update_policy = self.num_critic_updates % self.policy_delay == 0
         self.num_critic_updates += 1
+        # The policy's noise for s (when the actor updates) and for s', in one draw that both paths
+        # split the same way: the same numbers on every device (on CUDA, two draws of B rows are
+        # not one draw of 2B).
+        rows = batch.obs.shape[0] * (2 if update_policy else 1)
+        noise = torch.randn(rows, self.policy.action_dim, dtype=self.log_alpha.dtype, device=batch.obs.device)
         if by_hand:
             q_pred, q_target, loss_critic, alpha = self._update_by_hand(
-                batch, _detached(context), _detached(next_context), update_policy, metrics
+                batch, _detached(context), _detached(next_context), update_policy, noise, metrics
             )
         else:
             q_pred, q_target, loss_critic, alpha = self._update_with_autograd(
-                batch, context, next_context, update_policy, metrics
+                batch, context, next_context, update_policy, noise, metrics
             )
         if self.map_optimizer is not None:
             # Last: the critic and actor losses may have added their gradients to the encoder's.
@@ -214,16 +219,20 @@ class SACAgent(nn.Module):
 
     def _update_with_autograd(
         self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
-        metrics: dict[str, Tensor],
+        noise: Tensor, metrics: dict[str, Tensor],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The reference update: losses differentiated by autograd. Returns q_pred, q_target, the
-        critic loss and alpha."""
+        critic loss and alpha. `noise`: the policy's draws for s (first B rows, when the actor
+        updates), then for s'."""
+        batch_size = batch.obs.shape[0]
         policy_context = context.detach() if context is not None and self.detach_policy_context else context
         critic_context = context if self.critic_gradient_to_map else _detached(context)
         next_context = _detached(next_context)
         if update_policy:
             with self._autocast():
-                action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(batch.obs, policy_context)
+                action_pi, log_prob_pi, log_std = self.policy.sample_with_log_std(
+                    batch.obs, policy_context, noise[:batch_size]
+                )
             log_prob_pi = log_prob_pi.to(self.log_alpha.dtype)
             self._sample_metrics(action_pi, log_prob_pi, log_std, metrics)
             if self.auto_alpha:
@@ -233,7 +242,7 @@ class SACAgent(nn.Module):
         alpha = self.log_alpha.detach().exp()
 
         with torch.no_grad(), self._autocast():
-            next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context)
+            next_action, next_log_prob = self.policy.sample(batch.next_obs, next_context, noise[-batch_size:])
             next_q = self.critic_target(batch.next_obs, next_action, next_context)
         q_target = losses.soft_q_target(
             batch.reward, batch.terminated, next_q.to(alpha.dtype), next_log_prob.to(alpha.dtype), alpha, self.gamma
@@ -257,7 +266,7 @@ class SACAgent(nn.Module):
     @torch.no_grad()
     def _update_by_hand(
         self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
-        metrics: dict[str, Tensor],
+        noise: Tensor, metrics: dict[str, Tensor],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`_update_with_autograd` with each loss's gradient written out (`losses.*_and_grad*`,
         `tanh_gaussian_backward`, `dynsac.nn`'s MLP backward passes): the same math and random
@@ -268,11 +277,10 @@ class SACAgent(nn.Module):
         batch_size = batch.obs.shape[0]
         next_policy_input = with_context(batch.next_obs, next_context)
         if update_policy:
-            # s and s' through the policy in one pass (its weights do not change in between; the
-            # noise is drawn in one call, the same numbers as two calls when B x action_dim is a
-            # multiple of 16), and only the first B rows go through its backward.
+            # s and s' through the policy in one pass (its weights do not change in between), and
+            # only the first B rows go through its backward.
             both = torch.cat([with_context(batch.obs, context), next_policy_input])
-            action, log_prob, log_std, (inputs, noise, std, raw_log_std) = self._sample_by_hand(both)
+            action, log_prob, log_std, (inputs, std, raw_log_std) = self._sample_by_hand(both, noise)
             action_pi, next_action = action[:batch_size], action[batch_size:]
             log_prob_pi, next_log_prob = log_prob[:batch_size], log_prob[batch_size:]
             policy_inputs = [layer_input[:batch_size] for layer_input in inputs]
@@ -284,7 +292,7 @@ class SACAgent(nn.Module):
                 )
                 metrics["alpha_grad_norm"] = self._apply_gradients(self.alpha_optimizer)
         else:
-            next_action, next_log_prob, _, _ = self._sample_by_hand(next_policy_input)
+            next_action, next_log_prob, _, _ = self._sample_by_hand(next_policy_input, noise)
         alpha = self.log_alpha.exp()
 
         target_weights, target_biases = self.critic_target.layer_parameters()
@@ -323,15 +331,14 @@ class SACAgent(nn.Module):
             self._clip_metric("policy", metrics)
         return q_pred, q_target, loss_critic, alpha
 
-    def _sample_by_hand(self, policy_input: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple]:
+    def _sample_by_hand(self, policy_input: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple]:
         """`policy.sample_with_log_std` through `relu_mlp_forward` on [obs, context], also
         returning what the policy's backward pass and `tanh_gaussian_backward` need."""
         weights, biases = self.policy.net.linear_parameters()
         output, inputs = relu_mlp_forward(policy_input, weights, biases)
         mu, log_std, raw_log_std = self.policy.distribution(output)
-        noise = torch.randn_like(mu)
         action, log_prob, std = tanh_gaussian(mu, log_std, noise)
-        return action, log_prob, log_std, (inputs, noise, std, raw_log_std)
+        return action, log_prob, log_std, (inputs, std, raw_log_std)
 
     def _clip_metric(self, name: str, metrics: dict[str, Tensor]) -> None:
         if self.max_grad_norm is not None:

@@ -119,15 +119,18 @@ class GaussianPolicy(nn.Module):
         mu, raw_log_std = output.chunk(2, dim=-1)
         return mu, soft_clamp(raw_log_std, self.log_std_min, self.log_std_max), raw_log_std
 
-    def sample(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Reparameterised action in [-1, 1] and its log-probability (tanh correction included)."""
-        action, log_prob, _ = self.sample_with_log_std(obs, context)
+    def sample(self, obs: Tensor, context: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Reparameterised action in [-1, 1] and its log-probability (tanh correction included).
+        `noise`: the standard normal draws (B, action_dim) to use; drawn here when None."""
+        action, log_prob, _ = self.sample_with_log_std(obs, context, noise)
         return action, log_prob
 
-    def sample_with_log_std(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def sample_with_log_std(
+        self, obs: Tensor, context: Tensor | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """`sample`, plus the log standard deviations it used (for monitoring)."""
         mu, log_std = self(obs, context)
-        action, log_prob, _ = tanh_gaussian(mu, log_std, torch.randn_like(mu))
+        action, log_prob, _ = tanh_gaussian(mu, log_std, torch.randn_like(mu) if noise is None else noise)
         return action, log_prob, log_std
 
     def deterministic(self, obs: Tensor, context: Tensor | None = None) -> Tensor:

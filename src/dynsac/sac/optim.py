@@ -61,7 +61,16 @@ class LeanAdam(torch.optim.Adam):
         self._cache = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adam's `load_state_dict`, then this optimizer's own settings: a state saved by a plain
+        (unfused) Adam, as older checkpoints hold, keeps its step counts on the CPU, where the fused
+        kernel on a GPU cannot read them, and its group would send later steps to the unfused kernel."""
         super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["fused"] = True
+            for param in group["params"]:
+                state = self.state.get(param)
+                if state and "step" in state:  # float32 on the parameter's device, as fused Adam creates it
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(param.device)
         self._cache = None
 
     @torch.no_grad()
