@@ -32,6 +32,9 @@ cancel).
    - dynsac-bf16   (`--bf16`) `trainer.update()` of the dynsac trainer with `training.precision: bf16`
                    (bfloat16 autocast forward passes): an option that changes the numerics, so
                    it is reported beside the targets, not in them.
+   - dynsac-compile, learned-compile   (`--compile`) the same trainers with `training.compile: true`
+                   (torch.compile of the update's arithmetic; the first call compiles, before the
+                   timings), beside the targets too: an option.
    dynsac and plain SB3 run on Pendulum-v1. Both buffers have capacity = `--fill`.
 2. env steps/s of the training loop (collect one step + one update per step, after the fill):
    dynsac the inner loop of `SACTrainer.train()` (collect_step, update, `_log_training` every
@@ -84,7 +87,13 @@ LEARNED_ENV_ID = "dynsac/RandomPendulum-v0"
 LIBS = ("dynsac", "learned", "sb3")
 # Interleaving order (odd reps reversed): dynsac sits next to each variant it is compared with,
 # except learned, one timing further away.
-VARIANT_ORDER = ("dynsac-bf16", "dynsac-noguard", "dynsac", "sb3", "learned")
+VARIANT_ORDER = ("dynsac-bf16", "dynsac-compile", "dynsac-noguard", "dynsac", "sb3", "learned", "learned-compile")
+# Options timed on the same trainer as their baseline: (variant, baseline, agent attribute, value).
+OPTION_VARIANTS = (
+    ("dynsac-bf16", "dynsac", "bf16", True),  # training.precision: bf16
+    ("dynsac-compile", "dynsac", "compile_update", True),  # training.compile: true
+    ("learned-compile", "learned", "compile_update", True),
+)
 LOOP_VARIANTS = ("dynsac", "sb3", "learned")
 DEFAULT_CELL = (256, 256)  # (hidden, batch) of the loop benchmark and of most targets
 MEMORY_OBS_DIM, MEMORY_ACTION_DIM = 17, 6  # HalfCheetah
@@ -120,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="dynsac config both libraries are built from")
     parser.add_argument("--bf16", action="store_true",
                         help="also time dynsac with training.precision=bf16 (an option that changes the numerics)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time dynsac (and learned) with training.compile=true (torch.compile of the update)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the env-steps/s training-loop benchmark")
     parser.add_argument("--loop-all", action="store_true", help="run the loop benchmark at every cell, not only [256,256] b256")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -335,21 +346,22 @@ def noguard_variant(trainer) -> Variant:
     return Variant("dynsac-noguard", run, after=metrics.pop_means)
 
 
-def bf16_variant(trainer) -> Variant:
-    """trainer.update() with `training.precision: bf16` (bfloat16 autocast for the forward passes;
-    losses, gradients and weights fp32), on the same trainer: same weights, same buffer."""
+def option_variant(name: str, trainer, attribute: str, value: Any) -> Variant:
+    """trainer.update() with the agent's `attribute` set to `value` (`bf16`: bfloat16 autocast for
+    the forward passes; `compile_update`: torch.compile of the update), on the same trainer as
+    its baseline: same weights, same buffer."""
     agent = trainer.agent
 
     def run(n: int) -> None:
-        saved = agent.bf16
-        agent.bf16 = True
+        saved = getattr(agent, attribute)
+        setattr(agent, attribute, value)
         try:
             for _ in range(n):
                 trainer.update()
         finally:
-            agent.bf16 = saved
+            setattr(agent, attribute, saved)
 
-    return Variant("dynsac-bf16", run, after=trainer.metrics.pop_means)
+    return Variant(name, run, after=trainer.metrics.pop_means)
 
 
 def dynsac_loop_variant(name: str, trainer, log_dir: Path) -> Variant:
@@ -491,15 +503,15 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
     variants: dict[str, Variant] = {}
     model = None
     build_s: dict[str, float] = {}
-    for name in ("dynsac", "dynsac-noguard", "dynsac-bf16", "learned", "sb3"):  # noguard and bf16 reuse dynsac's trainer
+    options = {name: (base, attribute, value) for name, base, attribute, value in OPTION_VARIANTS
+               if (args.bf16 if attribute == "bf16" else args.compile)}
+    for name in ("dynsac", "dynsac-noguard", "learned", "sb3"):  # noguard and the options reuse their baseline's trainer
         start = time.perf_counter()
         if name == "dynsac" and "dynsac" in args.libs:
             trainers["dynsac"] = build_dynsac(args, hidden, batch, cell_dir / "dynsac", learned=False)
             variants["dynsac"] = trainer_variant("dynsac", trainers["dynsac"])
         elif name == "dynsac-noguard" and "dynsac" in args.libs:
             variants["dynsac-noguard"] = noguard_variant(trainers["dynsac"])
-        elif name == "dynsac-bf16" and "dynsac" in args.libs and args.bf16:
-            variants["dynsac-bf16"] = bf16_variant(trainers["dynsac"])
         elif name == "learned" and "learned" in args.libs:
             trainers["learned"] = build_dynsac(args, hidden, batch, cell_dir / "learned", learned=True)
             variants["learned"] = trainer_variant("learned", trainers["learned"])
@@ -509,6 +521,9 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
             torch.set_num_threads(args.threads)
             variants["sb3"] = sb3_variant(model, batch)
         build_s[name] = time.perf_counter() - start
+    for name, (base, attribute, value) in options.items():
+        if base in trainers:
+            variants[name] = option_variant(name, trainers[base], attribute, value)
     variants = {name: synced(variants[name], args.device) for name in VARIANT_ORDER if name in variants}
 
     counts, probe = {}, {}
@@ -522,7 +537,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
 
     flops = sac_update_flops(3, 1, [hidden, hidden], batch)
     ceiling = matmul_ceiling(batch, hidden, min(0.6, args.seconds / 2), device=args.device)
-    gflops = {name: flops["total"] * rate / 1e9 for name, rate in ups.items() if name != "learned"}
+    gflops = {name: flops["total"] * rate / 1e9 for name, rate in ups.items() if not name.startswith("learned")}
     result: dict[str, Any] = {
         "hidden": [hidden, hidden],
         "batch": batch,
@@ -538,6 +553,10 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
             "learned_over_none_cost": paired_ratio(raw, "dynsac", "learned", "updates_per_s"),
             "dynsac_bf16_over_sb3": paired_ratio(raw, "dynsac-bf16", "sb3", "updates_per_s"),
             "dynsac_bf16_over_dynsac": paired_ratio(raw, "dynsac-bf16", "dynsac", "updates_per_s"),
+            "dynsac_compile_over_sb3": paired_ratio(raw, "dynsac-compile", "sb3", "updates_per_s"),
+            "dynsac_compile_over_dynsac": paired_ratio(raw, "dynsac-compile", "dynsac", "updates_per_s"),
+            "learned_compile_over_none_compile_cost": paired_ratio(raw, "dynsac-compile", "learned-compile",
+                                                                   "updates_per_s"),
         },
         "flops_per_update": flops["total"],
         "flops_parts": flops["parts"],
@@ -774,6 +793,20 @@ def format_tables(cells: dict[str, dict[str, Any]], memory: dict[str, Any] | Non
                          f"{_fmt(u.get('dynsac-bf16'), '.1f', 8)} {_fmt(u.get('sb3'), '.1f', 8)} | "
                          f"{_fmt(cell['ratios']['dynsac_bf16_over_dynsac'], '.2f', 9)} "
                          f"{_fmt(cell['ratios']['dynsac_bf16_over_sb3'], '.2f', 8)}")
+    compile_cells = [cell for cell in cells.values() if "dynsac-compile" in cell["median_updates_per_s"]]
+    if compile_cells:
+        head = (f"{'hidden':>11} {'batch':>5} | {'eager':>8} {'compiled':>8} {'sb3':>8} {'lrn-comp':>8} | "
+                f"{'comp/eager':>10} {'comp/sb3':>8} {'lrn/none':>8}")
+        lines += ["", "updates/s with training.compile=true (option; same math, rounding may differ), same trainers",
+                  head, "-" * len(head)]
+        for cell in compile_cells:
+            u, r = cell["median_updates_per_s"], cell["ratios"]
+            lines.append(f"{str(cell['hidden']):>11} {cell['batch']:>5} | {_fmt(u.get('dynsac'), '.1f', 8)} "
+                         f"{_fmt(u.get('dynsac-compile'), '.1f', 8)} {_fmt(u.get('sb3'), '.1f', 8)} "
+                         f"{_fmt(u.get('learned-compile'), '.1f', 8)} | "
+                         f"{_fmt(r['dynsac_compile_over_dynsac'], '.2f', 10)} "
+                         f"{_fmt(r['dynsac_compile_over_sb3'], '.2f', 8)} "
+                         f"{_fmt(r['learned_compile_over_none_compile_cost'], '.2f', 8)}")
     head = (f"{'hidden':>11} {'batch':>5} | {'MFLOP/upd':>10} {'ceiling':>8} | {'dynsac':>7} {'%ceil':>6} | "
             f"{'noguard':>7} {'%ceil':>6} | {'sb3':>7} {'%ceil':>6}")
     lines += ["", "GFLOP/s (useful matmul FLOPs x updates/s; ceiling = measured torch.mm (B,h)x(h,h))", head,

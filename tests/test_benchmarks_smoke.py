@@ -39,13 +39,14 @@ def load_module():
 def test_throughput_updates_and_memory(tmp_path, subprocess_env):
     libs = "dynsac,learned,sb3" if HAS_SB3 else "dynsac,learned"
     data = run_throughput(tmp_path, subprocess_env, "--skip-loop", "--memory-capacity", "20000", "--libs", libs,
-                          "--bf16")
+                          "--bf16", "--compile")
 
     assert data["complete"] is True
     for key in ("git_revision", "machine", "args", "hyperparameters", "updates", "loop", "memory", "targets"):
         assert key in data
     assert data["machine"]["torch_threads"] == 1 and data["machine"]["torch"]
-    variants = {"dynsac", "dynsac-noguard", "dynsac-bf16", "learned"} | ({"sb3"} if HAS_SB3 else set())
+    variants = ({"dynsac", "dynsac-noguard", "dynsac-bf16", "dynsac-compile", "learned", "learned-compile"}
+                | ({"sb3"} if HAS_SB3 else set()))
     cell = data["updates"]["h32_b32"]
     assert cell["hidden"] == [32, 32] and cell["batch"] == 32
     assert set(cell["median_updates_per_s"]) == variants
@@ -55,7 +56,7 @@ def test_throughput_updates_and_memory(tmp_path, subprocess_env):
         assert cell["median_updates_per_s"][name] > 0
     assert cell["flops_per_update"] > 0 and cell["ceiling_gflops"] > 0
     assert all(value > 0 for value in cell["achieved_gflops"].values())
-    assert cell["ratios"]["learned_over_none_cost"] > 0
+    assert cell["ratios"]["learned_over_none_cost"] > 0 and cell["ratios"]["dynsac_compile_over_dynsac"] > 0
     assert cell["ratios"]["guard_overhead"] > -1
     if HAS_SB3:
         assert cell["ratios"]["dynsac_over_sb3"] > 0 and cell["ratios"]["dynsac_bf16_over_sb3"] > 0

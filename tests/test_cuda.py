@@ -24,6 +24,7 @@ from dynsac.training import load_checkpoint
 
 from conftest import tiny_overrides
 from test_by_hand import _assert_same_updates, _batch
+from test_compile import _same_updates
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -62,6 +63,14 @@ def test_by_hand_dynamics_map_matches_autograd_on_cuda():
     batch.window, batch.window_mask = draw(48, history, features), (torch.rand(48, history, device=CUDA) > 0.3).double()
     batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, device=CUDA).double()
     _assert_same_updates(by_hand, reference, batch, steps=4)
+
+
+def test_compiled_update_matches_eager_on_cuda():
+    torch.manual_seed(6)
+    eager = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), policy_delay=2).double().to(CUDA)
+    compiled = copy.deepcopy(eager)
+    compiled.compile_update = True
+    _same_updates(compiled, eager, _on(_batch(), CUDA), steps=4)
 
 
 def test_cuda_checkpoint_resumes_on_cpu_and_back(tmp_path):

@@ -10,8 +10,10 @@ autocast, forward hooks and the critics' LayerNorm option).
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -213,3 +215,27 @@ class MLP(nn.Sequential):
 def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> MLP:
     """A Linear/ReLU `MLP`."""
     return MLP(in_dim, hidden_sizes, out_dim)
+
+
+def compiled_or_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.compile(fn)`, which runs `fn` itself from the first call that fails to compile on
+    (no C++ compiler, an unsupported torch build...), after one warning that says why. `fn` must
+    be pure: a failed call is simply run again."""
+    compiled_fn = torch.compile(fn, dynamic=False)
+    failure: list[str] = []
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        if not failure:
+            try:
+                return compiled_fn(*args)
+            except Exception as err:  # noqa: BLE001 - any compile failure: the eager function is the same math
+                reason = (str(err).strip().splitlines() or [""])[0][:300]
+                failure.append(f"{type(err).__name__}: {reason}")
+                warnings.warn(f"training.compile: torch.compile of {fn.__name__} failed ({failure[0]}); it runs "
+                              "uncompiled from here on (set training.compile: false to skip compiling)",
+                              RuntimeWarning, stacklevel=2)
+        return fn(*args)
+
+    call.compile_failure = failure  # type: ignore[attr-defined]
+    return call

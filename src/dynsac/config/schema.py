@@ -120,6 +120,12 @@ class TrainingParams(_Section):
         "fp32", description="`bf16`: forward matmuls under bfloat16 autocast, losses, gradients and weights in "
         "fp32 (changes the numerics; the safety checks watch it as usual)."
     )
+    compile: bool = Field(
+        False, description="torch.compile the update's arithmetic (the hand-derived SAC update and the dynamics "
+        "map's prediction step; optimizer steps and safety checks stay eager). Same math, rounding may differ; "
+        "~10-30 s of compiling before the first update, and a C++ compiler on CPU. Falls back to running "
+        "uncompiled, with a warning, where compiling fails."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks cuda when available.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; null keeps torch's default.")
 

@@ -8,13 +8,89 @@ env's units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from dynsac.context.window import feature_dim, transition_features
-from dynsac.nn import fusable, mlp, relu_mlp_backward, relu_mlp_forward, set_grads
+from dynsac.nn import compiled_or_eager, fusable, mlp, relu_mlp_backward, relu_mlp_forward, set_grads
+
+Layers = tuple[Sequence[Tensor], Sequence[Tensor]]  # an MLP's weights and biases
+
+
+def normalized(values: Tensor, mean: Tensor, std: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+    """`values` normalised with the statistics of feature dims [start, stop)."""
+    return (values - mean[start:stop]) / std[start:stop]
+
+
+def encoder_input(window: Tensor, mask: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """The encoder's input: the flattened window of normalised features (zeros where masked) and the mask."""
+    normalized_window = normalized(window, mean, std) * mask.unsqueeze(-1)
+    return torch.cat([normalized_window.flatten(1), mask], dim=-1)
+
+
+def predictor_inputs(
+    obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor, mean: Tensor, std: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inputs of the forward and backward predictors, and their targets (normalised s' - s and s)."""
+    obs_dim, action_dim = obs.shape[-1], action.shape[-1]
+    norm_obs = normalized(obs, mean, std, 0, obs_dim)
+    norm_next_obs = normalized(next_obs, mean, std, 0, obs_dim)
+    norm_delta = normalized(next_obs - obs, mean, std, obs_dim + action_dim)
+    forward_input = torch.cat([norm_obs, action, context], dim=-1)
+    backward_input = torch.cat([norm_next_obs, action, context], dim=-1)
+    return forward_input, backward_input, norm_delta, norm_obs
+
+
+def prediction_losses(
+    forward_pred: Tensor, backward_pred: Tensor, norm_delta: Tensor, norm_obs: Tensor, backward_weight: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """forward MSE + backward_weight x backward MSE, and the two (detached) as metrics."""
+    forward_loss = (forward_pred - norm_delta).square().mean()
+    backward_loss = (backward_pred - norm_obs).square().mean()
+    loss = forward_loss + backward_weight * backward_loss
+    return loss, {"forward_loss": forward_loss.detach(), "backward_loss": backward_loss.detach()}
+
+
+def prediction_gradients(
+    window: Tensor, mask: Tensor, next_window: Tensor, next_mask: Tensor, obs: Tensor, action: Tensor,
+    next_obs: Tensor, mean: Tensor, std: Tensor, encoder: Layers, forward_model: Layers, backward_model: Layers,
+    bounded: bool, backward_weight: float,
+) -> tuple[Tensor, Tensor, dict[str, Tensor], list[tuple[list[Tensor], list[Tensor]]]]:
+    """`DynamicsMap.encode` of both windows (in one pass) + `prediction_loss` + its backward pass,
+    written out: the contexts of s and s', the loss metrics, and the (weight, bias) gradients of
+    the encoder, forward and backward models. Pure, so `training.compile` can compile it."""
+    batch = window.shape[0]
+    both = torch.cat([encoder_input(window, mask, mean, std), encoder_input(next_window, next_mask, mean, std)])
+    raw_contexts, encoder_inputs = relu_mlp_forward(both, *encoder)
+    contexts = torch.tanh(raw_contexts) if bounded else raw_contexts
+    context, next_context = contexts[:batch], contexts[batch:]
+    encoder_inputs = [layer_input[:batch] for layer_input in encoder_inputs]  # s' only feeds the TD target
+    forward_input, backward_input, norm_delta, norm_obs = predictor_inputs(obs, action, next_obs, context, mean, std)
+    forward_pred, forward_inputs = relu_mlp_forward(forward_input, *forward_model)
+    backward_pred, backward_inputs = relu_mlp_forward(backward_input, *backward_model)
+    _, metrics = prediction_losses(forward_pred, backward_pred, norm_delta, norm_obs, backward_weight)
+    # d mean((pred - target)^2) / d pred = 2 (pred - target) / numel
+    grad_forward = (forward_pred - norm_delta).mul_(2.0 / forward_pred.numel())
+    grad_backward = (backward_pred - norm_obs).mul_(2.0 * backward_weight / backward_pred.numel())
+    grad_forward_input, *forward_grads = relu_mlp_backward(grad_forward, forward_inputs, forward_model[0],
+                                                           input_grad=True)
+    grad_backward_input, *backward_grads = relu_mlp_backward(grad_backward, backward_inputs, backward_model[0],
+                                                             input_grad=True)
+    context_dim = context.shape[-1]
+    grad_context = grad_forward_input[:, -context_dim:] + grad_backward_input[:, -context_dim:]
+    if bounded:
+        grad_context = grad_context * (1.0 - context.square())
+    _, *encoder_grads = relu_mlp_backward(grad_context, encoder_inputs, encoder[0])
+    return context, next_context, metrics, [tuple(grads) for grads in (encoder_grads, forward_grads, backward_grads)]
+
+
+@functools.cache
+def compiled_prediction_gradients() -> Callable[..., tuple]:
+    """`prediction_gradients` through `torch.compile` (built once per process)."""
+    return compiled_or_eager(prediction_gradients)
 
 
 class RunningNormalizer(nn.Module):
@@ -57,13 +133,16 @@ class RunningNormalizer(nn.Module):
         variance = self.sum_squares / self.count.clamp(min=1.0)
         return (variance + self.epsilon).sqrt()
 
+    def statistics(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(mean, std) in `dtype` on `device`, cast once per change of the statistics."""
+        key = (dtype, device)
+        if key not in self._cast_cache:
+            self._cast_cache[key] = (self.mean.to(device, dtype), self.std.to(device, dtype))
+        return self._cast_cache[key]
+
     def normalize(self, values: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
         """Normalise `values` with the statistics of dims [start, stop)."""
-        key = (values.dtype, values.device)
-        if key not in self._cast_cache:
-            self._cast_cache[key] = (self.mean.to(values.dtype), self.std.to(values.dtype))
-        mean, std = self._cast_cache[key]
-        return (values - mean[start:stop]) / std[start:stop]
+        return normalized(values, *self.statistics(values.dtype, values.device), start, stop)
 
 
 class DynamicsMap(nn.Module):
@@ -98,33 +177,18 @@ class DynamicsMap(nn.Module):
         return torch.tanh(context) if self.bounded else context
 
     def _encoder_input(self, window: Tensor, mask: Tensor) -> Tensor:
-        normalized = self.normalizer.normalize(window) * mask.unsqueeze(-1)
-        return torch.cat([normalized.flatten(1), mask], dim=-1)
-
-    def _predictor_inputs(
-        self, obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Inputs of the forward and backward predictors, and their targets (normalised s' - s and s)."""
-        obs_dim = self.obs_dim
-        norm_obs = self.normalizer.normalize(obs, 0, obs_dim)
-        norm_next_obs = self.normalizer.normalize(next_obs, 0, obs_dim)
-        norm_delta = self.normalizer.normalize(next_obs - obs, obs_dim + self.action_dim)
-        forward_input = torch.cat([norm_obs, action, context], dim=-1)
-        backward_input = torch.cat([norm_next_obs, action, context], dim=-1)
-        return forward_input, backward_input, norm_delta, norm_obs
-
-    def _loss(self, forward_pred: Tensor, backward_pred: Tensor, norm_delta: Tensor, norm_obs: Tensor
-              ) -> tuple[Tensor, dict[str, Tensor]]:
-        forward_loss = (forward_pred - norm_delta).square().mean()
-        backward_loss = (backward_pred - norm_obs).square().mean()
-        loss = forward_loss + self.backward_weight * backward_loss
-        return loss, {"forward_loss": forward_loss.detach(), "backward_loss": backward_loss.detach()}
+        return encoder_input(window, mask, *self.normalizer.statistics(window.dtype, window.device))
 
     def prediction_loss(
         self, obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        forward_input, backward_input, norm_delta, norm_obs = self._predictor_inputs(obs, action, next_obs, context)
-        return self._loss(self.forward_model(forward_input), self.backward_model(backward_input), norm_delta, norm_obs)
+        """CaDM's loss: forward + backward_weight x backward prediction MSE, and both as metrics."""
+        mean, std = self.normalizer.statistics(obs.dtype, obs.device)
+        forward_input, backward_input, norm_delta, norm_obs = predictor_inputs(
+            obs, action, next_obs, context, mean, std
+        )
+        return prediction_losses(self.forward_model(forward_input), self.backward_model(backward_input), norm_delta,
+                                 norm_obs, self.backward_weight)
 
     def by_hand_applies(self, x: Tensor) -> bool:
         """Whether `learn_by_hand` applies: its three MLPs take their hand-written passes."""
@@ -137,40 +201,19 @@ class DynamicsMap(nn.Module):
     @torch.no_grad()
     def learn_by_hand(
         self, window: Tensor, mask: Tensor, next_window: Tensor, next_mask: Tensor, obs: Tensor, action: Tensor,
-        next_obs: Tensor,
+        next_obs: Tensor, compiled: bool = False,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """`encode` (of both windows, in one pass) + `prediction_loss` + its backward pass, written
-        out: sets the gradients of the map's parameters and returns the (detached) contexts of
-        s and s' and the loss metrics."""
-        encoder, forward_model, backward_model = (
-            net.linear_parameters() for net in (self.encoder, self.forward_model, self.backward_model)
+        """`prediction_gradients` on this map (through torch.compile with `compiled`): sets the
+        gradients of the map's parameters and returns the (detached) contexts of s and s' and the
+        loss metrics."""
+        layers = [net.linear_parameters() for net in (self.encoder, self.forward_model, self.backward_model)]
+        mean, std = self.normalizer.statistics(obs.dtype, obs.device)
+        gradients = compiled_prediction_gradients() if compiled else prediction_gradients
+        context, next_context, metrics, grads = gradients(
+            window, mask, next_window, next_mask, obs, action, next_obs, mean, std, *layers, self.bounded,
+            self.backward_weight,
         )
-        batch = window.shape[0]
-        both = torch.cat([self._encoder_input(window, mask), self._encoder_input(next_window, next_mask)])
-        raw_contexts, encoder_inputs = relu_mlp_forward(both, *encoder)
-        contexts = torch.tanh(raw_contexts) if self.bounded else raw_contexts
-        context, next_context = contexts[:batch], contexts[batch:]
-        encoder_inputs = [layer_input[:batch] for layer_input in encoder_inputs]  # s' only feeds the TD target
-        forward_input, backward_input, norm_delta, norm_obs = self._predictor_inputs(obs, action, next_obs, context)
-        forward_pred, forward_inputs = relu_mlp_forward(forward_input, *forward_model)
-        backward_pred, backward_inputs = relu_mlp_forward(backward_input, *backward_model)
-        _, metrics = self._loss(forward_pred, backward_pred, norm_delta, norm_obs)
-        # d mean((pred - target)^2) / d pred = 2 (pred - target) / numel
-        grad_forward = (forward_pred - norm_delta).mul_(2.0 / forward_pred.numel())
-        grad_backward = (backward_pred - norm_obs).mul_(2.0 * self.backward_weight / backward_pred.numel())
-        grad_forward_input, *forward_grads = relu_mlp_backward(
-            grad_forward, forward_inputs, forward_model[0], input_grad=True
-        )
-        grad_backward_input, *backward_grads = relu_mlp_backward(
-            grad_backward, backward_inputs, backward_model[0], input_grad=True
-        )
-        grad_context = grad_forward_input[:, -self.context_dim:] + grad_backward_input[:, -self.context_dim:]
-        if self.bounded:
-            grad_context = grad_context * (1.0 - context.square())
-        _, *encoder_grads = relu_mlp_backward(grad_context, encoder_inputs, encoder[0])
-        for (weights, biases), (weight_grads, bias_grads) in zip(
-            (encoder, forward_model, backward_model), (encoder_grads, forward_grads, backward_grads)
-        ):
+        for (weights, biases), (weight_grads, bias_grads) in zip(layers, grads):
             set_grads([*weights, *biases], [*weight_grads, *bias_grads])
         return context, next_context, metrics
 

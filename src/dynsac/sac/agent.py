@@ -15,23 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from dynsac.context.dynamics_map import DynamicsMap
-from dynsac.nn import ensemble_backward, ensemble_forward, fusable, relu_mlp_backward, relu_mlp_forward, set_grads
+from dynsac.nn import fusable, set_grads
 from dynsac.safety.guards import guard_context
-from dynsac.sac import losses
-from dynsac.sac.networks import (
-    CriticEnsemble, GaussianPolicy, critic_input, tanh_gaussian, tanh_gaussian_backward, with_context,
-)
+from dynsac.sac import by_hand, losses
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, with_context
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
-
-
-SATURATED_ACTION = 0.999  # |tanh(u)| beyond this (|u| > 3.8): the gradient through tanh is < 0.2% of its peak
-
-
-def log_std_statistics(log_std: Tensor, low: float, high: float, margin: float = 0.05) -> dict[str, Tensor]:
-    """Mean log-std and the fraction of entries pinned within `margin` of a bound."""
-    pinned = (log_std >= high - margin) | (log_std <= low + margin)
-    return {"log_std_mean": log_std.mean(), "log_std_at_bound": pinned.double().mean()}
 
 
 def context_statistics(context: Tensor) -> dict[str, Tensor]:
@@ -104,9 +93,12 @@ class SACAgent(nn.Module):
         huber_delta: float | None = None,
         policy_delay: int = 1,
         bf16: bool = False,
+        compile_update: bool = False,
     ) -> None:
         super().__init__()
         self.policy_delay, self.bf16 = policy_delay, bf16
+        # torch.compile of the hand-derived update's arithmetic (`dynsac.sac.by_hand`).
+        self.compile_update = compile_update
         self.num_critic_updates = 0
         self.gamma, self.tau, self.max_grad_norm = gamma, tau, max_grad_norm
         self.policy = GaussianPolicy(
@@ -212,11 +204,6 @@ class SACAgent(nn.Module):
         critic_weight = self.critic.layer_parameters()[0][0]
         return fusable(obs, policy_weight, modules) and critic_weight.dtype == policy_weight.dtype
 
-    def _sample_metrics(self, action: Tensor, log_prob: Tensor, log_std: Tensor, metrics: dict[str, Tensor]) -> None:
-        metrics["entropy"] = -log_prob.detach().mean()
-        metrics["action_saturated"] = (action.detach().abs() > SATURATED_ACTION).double().mean()
-        metrics.update(log_std_statistics(log_std.detach(), self.policy.log_std_min, self.policy.log_std_max))
-
     def _update_with_autograd(
         self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
         noise: Tensor, metrics: dict[str, Tensor],
@@ -234,7 +221,9 @@ class SACAgent(nn.Module):
                     batch.obs, policy_context, noise[:batch_size]
                 )
             log_prob_pi = log_prob_pi.to(self.log_alpha.dtype)
-            self._sample_metrics(action_pi, log_prob_pi, log_std, metrics)
+            metrics.update(losses.sample_statistics(
+                action_pi, log_prob_pi, log_std, self.policy.log_std_min, self.policy.log_std_max
+            ))
             if self.auto_alpha:
                 loss_alpha = losses.alpha_loss(self.log_alpha, log_prob_pi, self.target_entropy)
                 metrics["alpha_loss"] = loss_alpha.detach()
@@ -268,77 +257,46 @@ class SACAgent(nn.Module):
         self, batch: Batch, context: Tensor | None, next_context: Tensor | None, update_policy: bool,
         noise: Tensor, metrics: dict[str, Tensor],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`_update_with_autograd` with each loss's gradient written out (`losses.*_and_grad*`,
-        `tanh_gaussian_backward`, `dynsac.nn`'s MLP backward passes): the same math and random
-        draws without autograd's graph: 1.4x the updates/s at [64, 64] batch 256 on CPU.
-        The context arrives detached: no gradient flows into it on this path."""
+        """`_update_with_autograd` with each loss's gradient written out (`dynsac.sac.by_hand`):
+        the same math and random draws without autograd's graph: 1.4x the updates/s at [64, 64]
+        batch 256 on CPU. The context arrives detached: no gradient flows into it on this path."""
+        steps = self._by_hand_steps()
         policy_weights, policy_biases = self.policy.net.linear_parameters()
         critic_weights, critic_biases = self.critic.layer_parameters()
-        batch_size = batch.obs.shape[0]
-        next_policy_input = with_context(batch.next_obs, next_context)
-        if update_policy:
-            # s and s' through the policy in one pass (its weights do not change in between), and
-            # only the first B rows go through its backward.
-            both = torch.cat([with_context(batch.obs, context), next_policy_input])
-            action, log_prob, log_std, (inputs, std, raw_log_std) = self._sample_by_hand(both, noise)
-            action_pi, next_action = action[:batch_size], action[batch_size:]
-            log_prob_pi, next_log_prob = log_prob[:batch_size], log_prob[batch_size:]
-            policy_inputs = [layer_input[:batch_size] for layer_input in inputs]
-            noise, std, raw_log_std = noise[:batch_size], std[:batch_size], raw_log_std[:batch_size]
-            self._sample_metrics(action_pi, log_prob_pi, log_std[:batch_size], metrics)
-            if self.auto_alpha:
-                metrics["alpha_loss"], self.log_alpha.grad = losses.alpha_loss_and_grad(
-                    self.log_alpha, log_prob_pi, self.target_entropy
-                )
-                metrics["alpha_grad_norm"] = self._apply_gradients(self.alpha_optimizer)
-        else:
-            next_action, next_log_prob, _, _ = self._sample_by_hand(next_policy_input, noise)
-        alpha = self.log_alpha.exp()
+        log_std_min, log_std_max = self.policy.log_std_min, self.policy.log_std_max
+        sample = steps.sample_policy(
+            with_context(batch.obs, context) if update_policy else None, with_context(batch.next_obs, next_context),
+            noise, policy_weights, policy_biases, log_std_min, log_std_max, self.log_alpha, self.target_entropy,
+            self.auto_alpha,
+        )
+        metrics.update(sample.metrics)
+        if sample.alpha_grad is not None:
+            metrics["alpha_loss"], self.log_alpha.grad = sample.alpha_loss, sample.alpha_grad
+            metrics["alpha_grad_norm"] = self._apply_gradients(self.alpha_optimizer)
 
         target_weights, target_biases = self.critic_target.layer_parameters()
-        next_critic_input = critic_input(batch.next_obs, next_action, next_context)
-        next_q = ensemble_forward(next_critic_input, target_weights, target_biases)
-        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q[0].squeeze(-1), next_log_prob, alpha,
-                                        self.gamma)
-        q_pred, critic_inputs = ensemble_forward(
-            critic_input(batch.obs, batch.action, context), critic_weights, critic_biases
+        alpha, loss_critic, q_pred, q_target, weight_grads, bias_grads = steps.critic_gradients(
+            batch.obs, batch.action, context, batch.reward, batch.terminated, batch.next_obs, sample.next_action,
+            next_context, sample.next_log_prob, self.log_alpha, self.gamma, self.huber_delta, critic_weights,
+            critic_biases, target_weights, target_biases,
         )
-        q_pred = q_pred.squeeze(-1)
-        loss_critic, grad_q = losses.critic_loss_and_grad(q_pred, q_target, self.huber_delta)
-        _, weight_grads, bias_grads = ensemble_backward(grad_q.unsqueeze(-1), critic_inputs, critic_weights)
         set_grads(critic_weights + critic_biases, weight_grads + bias_grads)
         metrics["q_grad_norm"] = self._apply_gradients(self.critic_optimizer)
         self._clip_metric("q", metrics)
 
-        if update_policy:
-            # With the critics just updated, as in the autograd path.
-            q_pi_input = critic_input(batch.obs, action_pi, context)
-            q_pi, q_inputs = ensemble_forward(q_pi_input, critic_weights, critic_biases)
-            q_pi = q_pi.squeeze(-1)
-            metrics["actor_loss"], grad_q_pi, grad_log_prob = losses.actor_loss_and_grads(q_pi, log_prob_pi, alpha)
-            grad_q_input, _, _ = ensemble_backward(
-                grad_q_pi.unsqueeze(-1), q_inputs, critic_weights, param_grads=False, input_grad=True
+        if update_policy:  # with the critics just updated, as in the autograd path
+            metrics["actor_loss"], weight_grads, bias_grads = steps.actor_gradients(
+                batch.obs, context, sample.action_pi, sample.log_prob_pi, sample.saved, alpha, critic_weights,
+                critic_biases, policy_weights, log_std_min, log_std_max,
             )
-            obs_dim = batch.obs.shape[-1]
-            grad_action = grad_q_input[:, obs_dim:obs_dim + action_pi.shape[-1]]
-            grad_policy_out = tanh_gaussian_backward(
-                grad_action, grad_log_prob, action_pi, noise, std, raw_log_std,
-                self.policy.log_std_min, self.policy.log_std_max,
-            )
-            _, weight_grads, bias_grads = relu_mlp_backward(grad_policy_out, policy_inputs, policy_weights)
             set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
             metrics["policy_grad_norm"] = self._apply_gradients(self.actor_optimizer)
             self._clip_metric("policy", metrics)
         return q_pred, q_target, loss_critic, alpha
 
-    def _sample_by_hand(self, policy_input: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple]:
-        """`policy.sample_with_log_std` through `relu_mlp_forward` on [obs, context], also
-        returning what the policy's backward pass and `tanh_gaussian_backward` need."""
-        weights, biases = self.policy.net.linear_parameters()
-        output, inputs = relu_mlp_forward(policy_input, weights, biases)
-        mu, log_std, raw_log_std = self.policy.distribution(output)
-        action, log_prob, std = tanh_gaussian(mu, log_std, noise)
-        return action, log_prob, log_std, (inputs, std, raw_log_std)
+    def _by_hand_steps(self) -> Any:
+        """The functions of `dynsac.sac.by_hand`, through `torch.compile` with `compile_update`."""
+        return by_hand.compiled() if self.compile_update else by_hand
 
     def _clip_metric(self, name: str, metrics: dict[str, Tensor]) -> None:
         if self.max_grad_norm is not None:
@@ -355,7 +313,7 @@ class SACAgent(nn.Module):
         if by_hand:
             context, next_context, map_metrics = self.dynamics_map.learn_by_hand(
                 batch.window, batch.window_mask, batch.next_window, batch.next_window_mask, batch.obs, batch.action,
-                batch.next_obs,
+                batch.next_obs, compiled=self.compile_update,
             )
         else:
             with torch.no_grad():

@@ -73,6 +73,25 @@ def alpha_loss_and_grad(log_alpha: Tensor, log_prob: Tensor, target_entropy: flo
     return log_alpha.detach() * grad, grad
 
 
+SATURATED_ACTION = 0.999  # |tanh(u)| beyond this (|u| > 3.8): the gradient through tanh is < 0.2% of its peak
+
+
+def log_std_statistics(log_std: Tensor, low: float, high: float, margin: float = 0.05) -> dict[str, Tensor]:
+    """Mean log-std and the fraction of entries pinned within `margin` of a bound."""
+    pinned = (log_std >= high - margin) | (log_std <= low + margin)
+    return {"log_std_mean": log_std.mean(), "log_std_at_bound": pinned.double().mean()}
+
+
+def sample_statistics(action: Tensor, log_prob: Tensor, log_std: Tensor, low: float, high: float) -> dict[str, Tensor]:
+    """Detached entropy estimate, fraction of saturated actions and log-std statistics of a sample."""
+    action, log_prob, log_std = action.detach(), log_prob.detach(), log_std.detach()
+    return {
+        "entropy": -log_prob.mean(),
+        "action_saturated": (action.abs() > SATURATED_ACTION).double().mean(),
+        **log_std_statistics(log_std, low, high),
+    }
+
+
 def q_statistics(q_pred: Tensor, q_target: Tensor) -> dict[str, Tensor]:
     """Detached summary statistics of predicted and target Q-values."""
     q_pred, q_target = q_pred.detach(), q_target.detach()

@@ -163,6 +163,7 @@ class SACTrainer:
             huber_delta=params.huber_delta if params.critic_loss == "huber" else None,
             policy_delay=params.policy_delay,
             bf16=params.precision == "bf16",
+            compile_update=params.compile,
         ).to(self.device)
         self._action_center = self.policy.action_center.cpu().numpy()
         self._action_half_range = self.policy.action_half_range.cpu().numpy()
@@ -857,6 +858,7 @@ class SACTrainer:
         self.agent.tau, self.agent.gamma, self.agent.max_grad_norm = params.tau, params.gamma, params.max_grad_norm
         self.agent.huber_delta = params.huber_delta if params.critic_loss == "huber" else None
         self.agent.policy_delay, self.agent.bf16 = params.policy_delay, params.precision == "bf16"
+        self.agent.compile_update = params.compile
         if state["buffer"] is not None:
             try:
                 self.buffer.load_state_dict(state["buffer"])

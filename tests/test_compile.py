@@ -1,0 +1,97 @@
+"""`training.compile`: the compiled update is the eager one up to rounding, the option reaches the
+agent (a resume can change it), and a compile that fails falls back to eager with one warning."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from dynsac import SACTrainer
+from dynsac.config import load_config
+from dynsac.context.dynamics_map import DynamicsMap
+from dynsac.nn import compiled_or_eager
+from dynsac.sac.agent import SACAgent
+
+from conftest import tiny_overrides
+from test_by_hand import _batch
+
+
+def _same_updates(compiled: SACAgent, eager: SACAgent, batch, steps: int) -> None:
+    """Float64, so that a wrong compiled graph shows far above the rounding that compiling may
+    change (amplified up to ~1e-9 where 1 - tanh^2 cancels for saturated actions, as in test_by_hand)."""
+    for step in range(steps):
+        torch.manual_seed(step)
+        got = compiled.update(batch)
+        torch.manual_seed(step)
+        expected = eager.update(batch)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.allclose(got[name], value, rtol=1e-8, atol=1e-10), (step, name)
+    for (name, value), expected in zip(compiled.state_dict().items(), eager.state_dict().values()):
+        assert torch.allclose(value, expected, rtol=1e-8, atol=1e-10), name
+
+
+def test_compiled_update_matches_eager_with_a_delayed_actor():
+    torch.manual_seed(0)
+    eager = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), policy_delay=2,
+                     max_grad_norm=1.0).double()
+    compiled = copy.deepcopy(eager)
+    compiled.compile_update = True
+    _same_updates(compiled, eager, _batch(), steps=4)  # actor steps at updates 0 and 2 only
+
+
+def test_compiled_dynamics_map_step_matches_eager():
+    torch.manual_seed(1)
+    history, context_dim = 4, 3
+    dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,))
+    eager = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
+                     dynamics_map=dynamics_map).double()
+    generator = torch.Generator().manual_seed(2)
+    draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    eager.dynamics_map.observe(draw(100, 3), torch.tanh(draw(100, 2)), draw(100, 3))
+    compiled = copy.deepcopy(eager)
+    compiled.compile_update = True
+    batch = _batch()
+    features = eager.dynamics_map.feature_dim
+    batch.window, batch.window_mask = draw(48, history, features), (torch.rand(48, history, generator=generator) > 0.3).double()
+    batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, dtype=torch.float64)
+    _same_updates(compiled, eager, batch, steps=3)
+
+
+def test_the_option_reaches_the_agent_and_a_resume_can_change_it(tmp_path):
+    trainer = SACTrainer(load_config(None, tiny_overrides(tmp_path, **{"training.compile": "true",
+                                                                      "training.total_steps": 200})))
+    assert trainer.agent.compile_update
+    trainer.train()  # 100 updates, the first ones compiling
+    saved = tmp_path / "checkpoints" / "sac_step_200.pt"
+    resumed = SACTrainer.from_checkpoint(saved, overrides=["training.compile=false"])
+    assert not resumed.agent.compile_update
+    again = SACTrainer.from_checkpoint(saved)  # the checkpoint's own config: compile on
+    assert again.agent.compile_update
+
+
+def test_a_failed_compile_warns_once_and_runs_the_function_itself(monkeypatch):
+    calls = []
+
+    def broken_compile(fn, **options):
+        def run(*args):
+            calls.append(args)
+            raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+
+    def double(x):
+        return 2 * x
+
+    wrapped = compiled_or_eager(double)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile of double failed \(RuntimeError: InductorError: no "
+                                            r"working C\+\+ compiler found\); it runs uncompiled"):
+        assert torch.equal(wrapped(torch.ones(2)), torch.full((2,), 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(wrapped(torch.ones(3)), torch.full((3,), 2.0))
+    assert len(calls) == 1 and wrapped.compile_failure == ["RuntimeError: InductorError: no working C++ compiler found"]
