@@ -5,6 +5,7 @@ float64 so that any mistake shows far above rounding."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -207,23 +208,37 @@ def test_mlp_keeps_sequential_behaviour():
         assert torch.allclose(net(x.double().float()), head(net[0](x)), atol=1e-6)
 
 
-@pytest.mark.parametrize("bounded", [True, False])
-def test_by_hand_dynamics_map_matches_autograd(bounded):
+def on_device(batch: Batch, device: torch.device | str) -> Batch:
+    return dataclasses.replace(batch, **{
+        field.name: getattr(batch, field.name).to(device)
+        for field in dataclasses.fields(batch) if isinstance(getattr(batch, field.name), torch.Tensor)
+    })
+
+
+def learned_map_case(bounded: bool = True, device: torch.device | str = "cpu") -> tuple[SACAgent, Batch]:
+    """A float64 agent with a small learned dynamics map (its normaliser fed 100 transitions), and
+    a batch with windows, some of their slots masked."""
     torch.manual_seed(5)
     history, context_dim = 4, 3
     dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,), bounded=bounded)
-    by_hand = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
-                       dynamics_map=dynamics_map).double()
+    agent = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
+                     dynamics_map=dynamics_map).double()
     generator = torch.Generator().manual_seed(9)
     draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
-    by_hand.dynamics_map.observe(draw(100, 3), torch.tanh(draw(100, 2)), draw(100, 3))
-    reference = copy.deepcopy(by_hand)
-    reference.by_hand = False
+    agent.dynamics_map.observe(draw(100, 3), torch.tanh(draw(100, 2)), draw(100, 3))
     batch = _batch()
-    features = by_hand.dynamics_map.feature_dim
+    features = agent.dynamics_map.feature_dim
     mask = (torch.rand(48, history, generator=generator) > 0.3).double()
     batch.window, batch.window_mask = draw(48, history, features), mask
     batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, dtype=torch.float64)
+    return agent.to(device), on_device(batch, device)
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_by_hand_dynamics_map_matches_autograd(bounded):
+    by_hand, batch = learned_map_case(bounded)
+    reference = copy.deepcopy(by_hand)
+    reference.by_hand = False
     _assert_same_updates(by_hand, reference, batch, steps=4)
     # With the critic's gradient flowing into the map, only autograd knows the way.
     by_hand.critic_gradient_to_map = True

@@ -11,12 +11,11 @@ import torch
 
 from dynsac import SACTrainer
 from dynsac.config import load_config
-from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.nn import compiled_or_eager
 from dynsac.sac.agent import SACAgent
 
 from conftest import tiny_overrides
-from test_by_hand import _batch
+from test_by_hand import _batch, learned_map_case
 
 
 def _same_updates(compiled: SACAgent, eager: SACAgent, batch, steps: int) -> None:
@@ -44,20 +43,9 @@ def test_compiled_update_matches_eager_with_a_delayed_actor():
 
 
 def test_compiled_dynamics_map_step_matches_eager():
-    torch.manual_seed(1)
-    history, context_dim = 4, 3
-    dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,))
-    eager = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
-                     dynamics_map=dynamics_map).double()
-    generator = torch.Generator().manual_seed(2)
-    draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
-    eager.dynamics_map.observe(draw(100, 3), torch.tanh(draw(100, 2)), draw(100, 3))
+    eager, batch = learned_map_case()
     compiled = copy.deepcopy(eager)
     compiled.compile_update = True
-    batch = _batch()
-    features = eager.dynamics_map.feature_dim
-    batch.window, batch.window_mask = draw(48, history, features), (torch.rand(48, history, generator=generator) > 0.3).double()
-    batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, dtype=torch.float64)
     _same_updates(compiled, eager, batch, steps=3)
 
 

@@ -8,7 +8,6 @@ tiny configs leave `training.device` at `auto`.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 
 import numpy as np
@@ -17,25 +16,17 @@ import torch
 
 from dynsac import SACTrainer
 from dynsac.config import load_config
-from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.sac.agent import SACAgent
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import load_checkpoint
 
 from conftest import tiny_overrides
-from test_by_hand import _assert_same_updates, _batch
+from test_by_hand import _assert_same_updates, _batch, learned_map_case, on_device
 from test_compile import _same_updates
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA = torch.device("cuda")
-
-
-def _on(batch, device):
-    return dataclasses.replace(batch, **{
-        field.name: getattr(batch, field.name).to(device)
-        for field in dataclasses.fields(batch) if isinstance(getattr(batch, field.name), torch.Tensor)
-    })
 
 
 @pytest.mark.parametrize("options", [{}, {"context_dim": 2, "policy_delay": 2}, {"max_grad_norm": 0.05}])
@@ -44,24 +35,14 @@ def test_by_hand_update_matches_autograd_on_cuda(options):
     by_hand = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), **options).double().to(CUDA)
     reference = copy.deepcopy(by_hand)
     reference.by_hand = False
-    _assert_same_updates(by_hand, reference, _on(_batch(options.get("context_dim", 0)), CUDA), steps=6)
+    _assert_same_updates(by_hand, reference, on_device(_batch(options.get("context_dim", 0)), CUDA), steps=6)
     assert all(p.device.type == "cuda" for p in by_hand.parameters())
 
 
 def test_by_hand_dynamics_map_matches_autograd_on_cuda():
-    torch.manual_seed(5)
-    history, context_dim = 4, 3
-    dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,))
-    by_hand = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
-                       dynamics_map=dynamics_map).double().to(CUDA)
-    draw = lambda *shape: torch.randn(*shape, dtype=torch.float64, device=CUDA)  # noqa: E731
-    by_hand.dynamics_map.observe(draw(100, 3), torch.tanh(draw(100, 2)), draw(100, 3))
+    by_hand, batch = learned_map_case(device=CUDA)
     reference = copy.deepcopy(by_hand)
     reference.by_hand = False
-    batch = _on(_batch(), CUDA)
-    features = by_hand.dynamics_map.feature_dim
-    batch.window, batch.window_mask = draw(48, history, features), (torch.rand(48, history, device=CUDA) > 0.3).double()
-    batch.next_window, batch.next_window_mask = draw(48, history, features), torch.ones(48, history, device=CUDA).double()
     _assert_same_updates(by_hand, reference, batch, steps=4)
 
 
@@ -70,7 +51,7 @@ def test_compiled_update_matches_eager_on_cuda():
     eager = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), policy_delay=2).double().to(CUDA)
     compiled = copy.deepcopy(eager)
     compiled.compile_update = True
-    _same_updates(compiled, eager, _on(_batch(), CUDA), steps=4)
+    _same_updates(compiled, eager, on_device(_batch(), CUDA), steps=4)
 
 
 def test_cuda_checkpoint_resumes_on_cpu_and_back(tmp_path):
