@@ -5,7 +5,8 @@ ReLU MLPs, single ones and stacked ensembles, with their forward and backward pa
 and the modules run through them as one autograd node per MLP instead of one per layer. Every
 matrix product is taken in the orientation CPU BLAS is fast at, and no ReLU mask is materialised.
 Same math as the layer-by-layer modules, which stay the reference (and the path for bf16
-autocast, forward hooks and the critics' LayerNorm option).
+autocast, forward hooks and the critics' LayerNorm option). Also `compiled_or_eager`, the
+`torch.compile` wrapper behind `training.compile`.
 """
 
 from __future__ import annotations
