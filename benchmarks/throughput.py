@@ -499,6 +499,10 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
     cell_dir = tmp / f"h{hidden}_b{batch}"
     print(f"\n== hidden [{hidden}, {hidden}], batch {batch}: filling buffers with {args.fill:,} random transitions",
           flush=True)
+    if args.compile:
+        # Each cell compiles its own shapes. Without this, the grid's cells add up past torch's
+        # recompile limit (8 per function), beyond which the "compiled" variants run uncompiled.
+        torch.compiler.reset()
     trainers: dict[str, Any] = {}
     variants: dict[str, Variant] = {}
     model = None
