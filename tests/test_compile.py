@@ -15,22 +15,7 @@ from dynsac.nn import compiled_or_eager
 from dynsac.sac.agent import SACAgent
 
 from conftest import tiny_overrides
-from test_by_hand import _batch, learned_map_case
-
-
-def _same_updates(compiled: SACAgent, eager: SACAgent, batch, steps: int) -> None:
-    """Float64, so that a wrong compiled graph shows far above the rounding that compiling may
-    change (amplified up to ~1e-9 where 1 - tanh^2 cancels for saturated actions, as in test_by_hand)."""
-    for step in range(steps):
-        torch.manual_seed(step)
-        got = compiled.update(batch)
-        torch.manual_seed(step)
-        expected = eager.update(batch)
-        assert got.keys() == expected.keys()
-        for name, value in expected.items():
-            assert torch.allclose(got[name], value, rtol=1e-8, atol=1e-10), (step, name)
-    for (name, value), expected in zip(compiled.state_dict().items(), eager.state_dict().values()):
-        assert torch.allclose(value, expected, rtol=1e-8, atol=1e-10), name
+from test_by_hand import _batch, assert_same_updates, learned_map_case
 
 
 def test_compiled_update_matches_eager_with_a_delayed_actor():
@@ -39,14 +24,14 @@ def test_compiled_update_matches_eager_with_a_delayed_actor():
                      max_grad_norm=1.0).double()
     compiled = copy.deepcopy(eager)
     compiled.compile_update = True
-    _same_updates(compiled, eager, _batch(), steps=4)  # actor steps at updates 0 and 2 only
+    assert_same_updates(compiled, eager, _batch(), steps=4)  # actor steps at updates 0 and 2 only
 
 
 def test_compiled_dynamics_map_step_matches_eager():
     eager, batch = learned_map_case()
     compiled = copy.deepcopy(eager)
     compiled.compile_update = True
-    _same_updates(compiled, eager, batch, steps=3)
+    assert_same_updates(compiled, eager, batch, steps=3)
 
 
 def test_the_option_reaches_the_agent_and_a_resume_can_change_it(tmp_path):

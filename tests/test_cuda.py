@@ -21,8 +21,7 @@ from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import load_checkpoint
 
 from conftest import tiny_overrides
-from test_by_hand import _assert_same_updates, _batch, learned_map_case, on_device
-from test_compile import _same_updates
+from test_by_hand import _assert_same_updates, _batch, assert_same_updates, learned_map_case, on_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -51,7 +50,7 @@ def test_compiled_update_matches_eager_on_cuda():
     eager = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), policy_delay=2).double().to(CUDA)
     compiled = copy.deepcopy(eager)
     compiled.compile_update = True
-    _same_updates(compiled, eager, on_device(_batch(), CUDA), steps=4)
+    assert_same_updates(compiled, eager, on_device(_batch(), CUDA), steps=4)
 
 
 def test_cuda_checkpoint_resumes_on_cpu_and_back(tmp_path):

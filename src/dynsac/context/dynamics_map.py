@@ -172,12 +172,10 @@ class DynamicsMap(nn.Module):
 
     def encode(self, window: Tensor, mask: Tensor) -> Tensor:
         """(B, K, F) raw features and (B, K) mask -> (B, context_dim)."""
-        context = self.encoder(self._encoder_input(window, mask))
+        mean, std = self.normalizer.statistics(window.dtype, window.device)
+        context = self.encoder(encoder_input(window, mask, mean, std))
         # Bounded: the policy and critics see inputs of a stable scale while the encoder keeps learning.
         return torch.tanh(context) if self.bounded else context
-
-    def _encoder_input(self, window: Tensor, mask: Tensor) -> Tensor:
-        return encoder_input(window, mask, *self.normalizer.statistics(window.dtype, window.device))
 
     def prediction_loss(
         self, obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor
