@@ -2,7 +2,6 @@
 
 import os
 
-__version__ = "0.1.0"
 
 # Spinning OpenMP workers turn a 2-thread update into a crawl whenever another process holds a core
 # (measured on 2 cores beside one busy process: 0.6 vs 22 steps/s). Sleeping workers cost little
@@ -10,6 +9,7 @@ __version__ = "0.1.0"
 # setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from dynsac.version import __version__  # noqa: E402
 from dynsac.config import Config, TrainingParams, load_config  # noqa: E402
 from dynsac.sac import GaussianPolicy  # noqa: E402
 from dynsac.training import SACTrainer  # noqa: E402

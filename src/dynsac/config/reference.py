@@ -1,7 +1,7 @@
 """Render the config reference (every field, its default and meaning) as Markdown.
 
-`python -m dynsac.config.reference` prints it; `... --update README.md` rewrites the README's
-section between the config-reference markers (a test keeps the two identical).
+`python -m dynsac.config.reference` prints it; `... --update docs/configs.md` rewrites that docs
+page's section between the config-reference markers (a test keeps the two identical).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def config_reference() -> str:
                   "|---|---|---|"]
         for name, info in model.model_fields.items():
             default = info.default_factory() if info.default_factory else info.default
-            lines.append(f"| `{name}` | `{json.dumps(default)}` | {info.description} |")
+            meaning = info.description.replace("|", "\\|")  # a bare | would end the table cell
+            lines.append(f"| `{name}` | `{json.dumps(default)}` | {meaning} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -31,7 +32,8 @@ def config_reference() -> str:
 START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
 
 
-def update_readme(path: Path) -> None:
+def update_page(path: Path) -> None:
+    """Rewrite the part of the Markdown page at `path` between the config-reference markers."""
     text = path.read_text()
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
@@ -40,6 +42,6 @@ def update_readme(path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--update":
-        update_readme(Path(sys.argv[2]))
+        update_page(Path(sys.argv[2]))
     else:
         print(config_reference(), end="")

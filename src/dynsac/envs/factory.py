@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -15,9 +16,25 @@ class EnvError(ValueError):
     """An environment that cannot be built or used by SAC; names the config key at fault."""
 
 
-def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None) -> gym.Env:
-    """Create the env, check it is usable by SAC (flat Box observations, bounded Box actions)."""
+EnvFactory = Callable[..., gym.Env]
+
+
+def factory_name(env_fn: EnvFactory) -> str:
+    """`module.qualname` of an env factory, as checkpoints record it."""
+    return f"{getattr(env_fn, '__module__', '?')}.{getattr(env_fn, '__qualname__', type(env_fn).__name__)}"
+
+
+def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None,
+             env_fn: EnvFactory | None = None) -> gym.Env:
+    """Create the env, check it is usable by SAC (flat Box observations, bounded Box actions).
+
+    `env_fn`: a factory for an env that is not registered (`env_fn(**kwargs)` builds it; `env_id`
+    is then only its name in messages and run records).
+    """
     from dynsac.envs.registration import MUJOCO_INSTALL_HINT, MUJOCO_SPECS, register_envs
+
+    if env_fn is not None:
+        return _env_from_factory(env_fn, env_id, dict(kwargs or {}), max_episode_steps)
 
     register_envs()
     if env_id in MUJOCO_SPECS and env_id not in gym.registry:
@@ -39,6 +56,21 @@ def make_env(env_id: str, kwargs: dict[str, Any] | None = None, max_episode_step
     except ValueError as err:  # a kwarg the env rejected, e.g. a bad range: report it without a traceback
         raise EnvError(f"env.id = {env_id!r} with env.kwargs = {kwargs!r}: {err}") from None
     check_spaces(env, env_id)
+    return env
+
+
+def _env_from_factory(env_fn: EnvFactory, env_id: str, kwargs: dict[str, Any],
+                      max_episode_steps: int | None) -> gym.Env:
+    name = factory_name(env_fn)
+    try:
+        env = env_fn(**kwargs)
+    except TypeError as err:
+        raise EnvError(f"env_fn {name} does not take env.kwargs = {kwargs!r}: {err}") from None
+    if not isinstance(env, gym.Env):
+        raise EnvError(f"env_fn {name} returned {type(env).__name__}, not a gymnasium.Env")
+    if max_episode_steps is not None:
+        env = TimeLimit(env, max_episode_steps)
+    check_spaces(env, f"{env_id} (from env_fn {name})")
     return env
 
 

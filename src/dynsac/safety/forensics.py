@@ -10,6 +10,7 @@ names the first backward operation that produced NaN.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -73,8 +74,10 @@ class PreUpdateState:
         return dict(zip(self.names, self._copy))
 
 
-def investigate(agent: nn.Module, pre_update: dict[str, Tensor], batch: Any) -> ForensicReport:
-    """Replay one update of a copy of `agent`, with the parameters it had before the update, on `batch`."""
+def investigate(agent: nn.Module, pre_update: dict[str, Tensor], batch: Any, backend: Any = None) -> ForensicReport:
+    """Replay one update of a copy of `agent`, with the parameters it had before the update, on
+    `batch`, with the gradient `backend` that runs through the modules (autograd: its forward
+    hooks and the critics' per-layer trace see every output)."""
     replica = copy.deepcopy(agent)
     replica.load_state_dict(pre_update)
     report = ForensicReport(batch_findings=batch_findings(batch))
@@ -99,12 +102,12 @@ def investigate(agent: nn.Module, pre_update: dict[str, Tensor], batch: Any) -> 
                 lambda _m, _in, out, name=f"{module_name} ({kind})": record(name, out)))
     for critic_name in ("critic", "critic_target"):
         getattr(replica, critic_name).trace = lambda layer, out, c=critic_name: record(f"{c} ensemble {layer}", out)
-    replica.skip_nonfinite_gradients = False
+    replica.settings = dataclasses.replace(replica.settings, skip_nonfinite_gradients=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # anomaly mode announces itself; the report says enough
             with torch.autograd.detect_anomaly(check_nan=True):
-                replica.update(batch)
+                replica.update(batch, backend)
     except RuntimeError as err:
         report.backward_error = str(err).strip().splitlines()[0]
     finally:

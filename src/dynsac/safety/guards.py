@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # the sac layer imports these guards
+from dynsac.context.guard import guard_context  # noqa: F401  (re-exported: the acting guard uses it)
+
+if TYPE_CHECKING:
     from dynsac.sac.networks import GaussianPolicy
 
 
@@ -25,15 +27,6 @@ def sanitize_observation(obs: np.ndarray) -> tuple[np.ndarray, int]:
 def sanitize_reward(reward: float) -> tuple[float, bool]:
     """A non-finite reward becomes 0; returns the reward and whether it was replaced."""
     return (reward, False) if math.isfinite(reward) else (0.0, True)
-
-
-def guard_context(context: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """Rows of `context` (B, C) holding NaN/Inf or entries beyond +-`bound` fall back to zeros.
-
-    Returns the guarded context and the number of rows replaced, as a 0-d tensor (no host sync).
-    """
-    bad = ~(torch.isfinite(context) & (context.abs() <= bound)).all(dim=-1, keepdim=True)
-    return torch.where(bad, torch.zeros_like(context), context), bad.sum()
 
 
 def nonfinite_rows(tensor: Tensor) -> list[int]:

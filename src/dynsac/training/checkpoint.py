@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
-
 
 
 def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +43,6 @@ def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-# MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
 def _v4_to_v5(payload: dict[str, Any]) -> dict[str, Any]:
     """Format 5 keeps the safety layer's state (rollbacks, early-warning history, fallback counts) and
     made `fixed` reward normalisation the default; older runs were trained without normalisation."""
@@ -62,8 +60,28 @@ def _v5_to_v6(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _v6_to_v7(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 7 is the composition of the parts' states: the rollout (envs, next episode id, acting
+    counters), the update supervisor (rollbacks, repaired transitions) and the callbacks (early
+    warnings); it also records the env factory of a Python-built env (none before)."""
+    safety = payload.pop("safety") or {}
+    counters = payload.pop("counters")
+    payload["rollout"] = {
+        "next_episode_id": payload.pop("episode"),
+        "envs": payload.pop("envs"),
+        "sanitized_values": counters["sanitized_values"],
+        "context_fallbacks": safety.get("acting_context_fallbacks", 0),
+        "nonfinite_actions": safety.get("nonfinite_actions", 0),
+    }
+    payload["supervisor"] = {"recovery": safety.get("recovery"), "repaired_values": 0}
+    payload["callbacks"] = {"early_warnings": safety.get("early_warnings")}
+    payload["env_factory"] = None
+    return payload
+
+
+# MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
 }
 
 

@@ -354,18 +354,16 @@ def _tune_report(metrics: dict[str, Any]) -> None:
     report(metrics)
 
 
-def _reporting_trainer_class():
-    from dynsac.training.trainer import SACTrainer
+def _tune_reporter():
+    from dynsac.training.callbacks import Callback
 
-    class TuneReportingTrainer(SACTrainer):
+    class TuneReporter(Callback):
         """Reports every evaluation to Tune as it happens."""
 
-        def _log_evaluation(self, progress):
-            result = super()._log_evaluation(progress)
-            _tune_report({"step": self.step, "eval_return": result.mean, "eval_return_std": result.std})
-            return result
+        def on_eval(self, trainer, step, result):
+            _tune_report({"step": step, "eval_return": result.mean, "eval_return_std": result.std})
 
-    return TuneReportingTrainer
+    return TuneReporter()
 
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -383,13 +381,15 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     elif state.kind == "resume" and state.step >= config.training.total_steps:
         summary = _summary_from_metrics(config, state)  # killed between its last checkpoint and summary.json
     else:
-        trainer_class = _reporting_trainer_class()
+        from dynsac.training.trainer import SACTrainer
+
+        callbacks = [_tune_reporter()]
         if state.kind == "resume":
             print(f"[dynsac sweep] {spec['name']}: continuing from {state.checkpoint}", flush=True)
-            trainer = trainer_class.from_checkpoint(state.checkpoint, config)
+            trainer = SACTrainer.from_checkpoint(state.checkpoint, config, callbacks=callbacks)
         else:
             shutil.rmtree(config.logging.dir, ignore_errors=True)  # a partial attempt without a checkpoint
-            trainer = trainer_class(config)
+            trainer = SACTrainer(config, callbacks=callbacks)
         trainer.train()
         summary = read_summary(config.logging.dir) or {}
     final = {
