@@ -211,8 +211,8 @@ def run_dynsac(spec: dict[str, Any], config) -> dict[str, Any]:
     out["rollbacks"] = trainer.rollbacks
     out["skipped_updates"] = trainer.agent.skipped_steps
     out["nonfinite_events"] = trainer.rollbacks + trainer.agent.skipped_steps + int(bool(out.get("stop_reason")))
-    out["warnings"] = dict(trainer.early_warnings.counts)
-    out["warnings_first_step"] = dict(trainer.early_warnings.first_step)
+    out["warnings"] = dict(trainer.early_warnings.monitor.counts)
+    out["warnings_first_step"] = dict(trainer.early_warnings.monitor.first_step)
     out["events"] = first_events(log_dir)
     if not out["crashed"]:
         ev = trainer.evaluate(spec["eval_episodes"])

@@ -62,6 +62,7 @@ dynsac,learned`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -335,31 +336,31 @@ def noguard_variant(trainer) -> Variant:
     history = context.history_length if context.source == "learned" else 0
 
     def run(n: int) -> None:
-        saved = agent.skip_nonfinite_gradients
-        agent.skip_nonfinite_gradients = False
+        saved = agent.settings
+        agent.configure(dataclasses.replace(saved, skip_nonfinite_gradients=False))
         try:
             for _ in range(n):
                 metrics.add(agent.update(buffer.sample(batch_size, history)))
         finally:
-            agent.skip_nonfinite_gradients = saved
+            agent.configure(saved)
 
     return Variant("dynsac-noguard", run, after=metrics.pop_means)
 
 
 def option_variant(name: str, trainer, attribute: str, value: Any) -> Variant:
-    """trainer.update() with the agent's `attribute` set to `value` (`bf16`: bfloat16 autocast for
-    the forward passes; `compile_update`: torch.compile of the update), on the same trainer as
-    its baseline: same weights, same buffer."""
+    """trainer.update() with the agent's setting `attribute` set to `value` (`bf16`: bfloat16
+    autocast for the forward passes; `compile_update`: torch.compile of the update), on the same
+    trainer as its baseline: same weights, same buffer."""
     agent = trainer.agent
 
     def run(n: int) -> None:
-        saved = getattr(agent, attribute)
-        setattr(agent, attribute, value)
+        saved = agent.settings
+        agent.configure(dataclasses.replace(saved, **{attribute: value}))
         try:
             for _ in range(n):
                 trainer.update()
         finally:
-            setattr(agent, attribute, saved)
+            agent.configure(saved)
 
     return Variant(name, run, after=trainer.metrics.pop_means)
 
@@ -369,7 +370,7 @@ def dynsac_loop_variant(name: str, trainer, log_dir: Path) -> Variant:
     from dynsac.training.logger import RunLogger
 
     trainer.logger = RunLogger(log_dir, trainer.config.logging.tensorboard)
-    trainer._log_clock = (time.monotonic(), trainer.step, trainer.num_updates)
+    trainer._log_clock = (time.monotonic(), trainer.step, trainer.num_updates)  # what train() sets
 
     def run(n: int) -> None:
         for _ in range(n):

@@ -159,7 +159,7 @@ def assert_same_updates(agent: SACAgent, reference: SACAgent, batch: Batch, step
 
 def _assert_same_updates(by_hand: SACAgent, reference: SACAgent, batch: Batch, steps: int) -> None:
     """`assert_same_updates` of an agent on the hand-derived path against one on autograd."""
-    assert by_hand.by_hand_applies(batch.obs) and not reference.by_hand_applies(batch.obs)
+    assert by_hand.backend.name == "by-hand" and reference.backend.name == "autograd"
     assert_same_updates(by_hand, reference, batch, steps)
 
 
@@ -174,29 +174,41 @@ def test_by_hand_update_matches_autograd_update(options):
     torch.manual_seed(4)
     by_hand = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), **options).double()
     reference = copy.deepcopy(by_hand)
-    reference.by_hand = False
+    reference.use_backend("autograd")
     batch = _batch(options.get("context_dim", 0))
     _assert_same_updates(by_hand, reference, batch, steps=6)
 
 
-def test_by_hand_update_stands_aside_where_it_does_not_apply():
+def test_backend_is_chosen_once_with_its_reason():
     def agent(**options):
         return SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), **options)
 
-    obs = torch.randn(4, 3)
-    assert agent().by_hand_applies(obs)
-    assert not agent(bf16=True).by_hand_applies(obs)
-    assert not agent(critic_layer_norm=True).by_hand_applies(obs)
-    traced = agent()
-    traced.critic.trace = lambda layer, output: None  # forensics' per-layer trace
-    assert not traced.by_hand_applies(obs)
-    hooked = agent()
-    hooked.policy.net[0].register_forward_hook(lambda module, args, output: None)
-    assert not hooked.by_hand_applies(obs)
-    # The hook still sees the layer on the fallback path.
+    assert agent().backend_description == "by-hand (plain ReLU networks in float32/float64)"
+    assert agent(compile_update=True).backend.name == "by-hand, compiled"
+    assert agent(bf16=True).backend_description.startswith("autograd (training.precision is bf16")
+    layer_norm = agent(critic_layer_norm=True)
+    assert layer_norm.backend_description == "autograd (critic LayerNorm is on)"
+    with pytest.raises(ValueError, match="critic LayerNorm is on"):
+        layer_norm.use_backend("by_hand")
+    with pytest.raises(ValueError, match="expected 'auto', 'autograd' or 'by_hand'"):
+        agent().use_backend("fast")
+
+
+def test_forward_hooks_see_the_update_with_the_autograd_backend():
+    """The hand-derived gradients bypass the modules' forward calls; asking for autograd (as
+    forensics does) puts every layer's hooks back on the update's path."""
+    hooked = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,)).double()
     seen = []
     hooked.policy.net[2].register_forward_hook(lambda module, args, output: seen.append(output.shape))
-    hooked.policy(obs)
+    hooked.critic.register_forward_hook(lambda module, args, output: seen.append("critic"))
+    batch = _batch()
+    hooked.update(batch)
+    assert seen == []
+    hooked.use_backend("autograd")
+    hooked.update(batch)
+    assert "critic" in seen and torch.Size([48, 4]) in seen
+    seen.clear()
+    hooked.policy(torch.randn(4, 3, dtype=torch.float64))  # acting always runs through the modules
     assert seen == [torch.Size([4, 4])]
 
 
@@ -244,22 +256,11 @@ def learned_map_case(bounded: bool = True, device: torch.device | str = "cpu") -
 def test_by_hand_dynamics_map_matches_autograd(bounded):
     by_hand, batch = learned_map_case(bounded)
     reference = copy.deepcopy(by_hand)
-    reference.by_hand = False
+    reference.use_backend("autograd")
     _assert_same_updates(by_hand, reference, batch, steps=4)
     # With the critic's gradient flowing into the map, only autograd knows the way.
     by_hand.critic_gradient_to_map = True
-    assert not by_hand.by_hand_applies(batch.obs)
-
-
-def test_hooks_on_the_top_modules_turn_the_by_hand_path_off():
-    agent = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,))
-    obs = torch.randn(4, 3)
-    handle = agent.critic.register_forward_hook(lambda module, args, output: None)
-    assert not agent.by_hand_applies(obs)
-    handle.remove()
-    assert agent.by_hand_applies(obs)
-    agent.policy.register_forward_pre_hook(lambda module, args: None)
-    assert not agent.by_hand_applies(obs)
+    assert by_hand.use_backend("auto") == "autograd (loss gradients flow into the learned context)"
 
 
 @pytest.mark.parametrize("config_file", [
@@ -276,7 +277,7 @@ def test_shipped_configs_update_by_hand(tmp_path, config_file):
         trainer.collect_step()
     batch = trainer.buffer.sample(8, trainer.config.context.history_length
                                   if trainer.config.context.source == "learned" else 0)
-    assert trainer.agent.by_hand_applies(batch.obs)
+    assert trainer.agent.backend.name == "by-hand", trainer.agent.backend_description
     trainer.env.close()
 
 

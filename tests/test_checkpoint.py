@@ -73,8 +73,9 @@ def test_checkpoint_holds_everything(trained):
     _, path = trained
     payload = load_checkpoint(path)
     assert payload["format_version"] == FORMAT_VERSION
-    for key in ("agent", "buffer", "rng", "envs", "config", "step", "spaces"):
+    for key in ("agent", "buffer", "rng", "rollout", "supervisor", "callbacks", "config", "step", "spaces"):
         assert key in payload
+    assert len(payload["rollout"]["envs"]) == 1 and "history" in payload["callbacks"]["early_warnings"]
     assert payload["buffer"]["size"] == 200
     assert set(payload["agent"]["optimizers"]) == {"actor", "critic", "alpha"}
     assert "log_alpha" in payload["agent"]["modules"]
@@ -195,7 +196,7 @@ def test_resume_changes_tunables(trained, tmp_path):
     config = load_config(None, tiny_overrides(tmp_path, **{"training.learning_rate": 1e-5, "training.tau": 0.001}))
     trainer = SACTrainer.from_checkpoint(path, config)
     assert trainer.agent.actor_optimizer.param_groups[0]["lr"] == 1e-5
-    assert trainer.agent.tau == 0.001
+    assert trainer.agent.settings.tau == 0.001
     assert trainer.step == 200
 
 

@@ -4,6 +4,7 @@ agent (a resume can change it), and a compile that fails falls back to eager wit
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -23,27 +24,27 @@ def test_compiled_update_matches_eager_with_a_delayed_actor():
     eager = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), policy_delay=2,
                      max_grad_norm=1.0).double()
     compiled = copy.deepcopy(eager)
-    compiled.compile_update = True
+    compiled.configure(dataclasses.replace(compiled.settings, compile_update=True))
     assert_same_updates(compiled, eager, _batch(), steps=4)  # actor steps at updates 0 and 2 only
 
 
 def test_compiled_dynamics_map_step_matches_eager():
     eager, batch = learned_map_case()
     compiled = copy.deepcopy(eager)
-    compiled.compile_update = True
+    compiled.configure(dataclasses.replace(compiled.settings, compile_update=True))
     assert_same_updates(compiled, eager, batch, steps=3)
 
 
 def test_the_option_reaches_the_agent_and_a_resume_can_change_it(tmp_path):
     trainer = SACTrainer(load_config(None, tiny_overrides(tmp_path, **{"training.compile": "true",
                                                                       "training.total_steps": 200})))
-    assert trainer.agent.compile_update
+    assert trainer.agent.settings.compile_update and trainer.agent.backend.name == "by-hand, compiled"
     trainer.train()  # 100 updates, the first ones compiling
     saved = tmp_path / "checkpoints" / "sac_step_200.pt"
     resumed = SACTrainer.from_checkpoint(saved, overrides=["training.compile=false"])
-    assert not resumed.agent.compile_update
+    assert not resumed.agent.settings.compile_update and resumed.agent.backend.name == "by-hand"
     again = SACTrainer.from_checkpoint(saved)  # the checkpoint's own config: compile on
-    assert again.agent.compile_update
+    assert again.agent.settings.compile_update
 
 
 def test_a_failed_compile_warns_once_and_runs_the_function_itself(monkeypatch):

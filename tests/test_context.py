@@ -215,6 +215,7 @@ def test_encoder_gradient_options_change_what_trains_the_encoder(tmp_path):
     def encoder_after_update(critic_gradient, detach_policy):
         agent = copy.deepcopy(trainer.agent)
         agent.critic_gradient_to_map, agent.detach_policy_context = critic_gradient, detach_policy
+        agent.use_backend("auto")  # structure changed: choose the backend again
         torch.manual_seed(0)
         metrics = agent.update(batch)
         assert all(torch.isfinite(value) for value in metrics.values())

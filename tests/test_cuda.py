@@ -8,6 +8,7 @@ tiny configs leave `training.device` at `auto`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_by_hand_update_matches_autograd_on_cuda(options):
     torch.manual_seed(4)
     by_hand = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), **options).double().to(CUDA)
     reference = copy.deepcopy(by_hand)
-    reference.by_hand = False
+    reference.use_backend("autograd")
     _assert_same_updates(by_hand, reference, on_device(_batch(options.get("context_dim", 0)), CUDA), steps=6)
     assert all(p.device.type == "cuda" for p in by_hand.parameters())
 
@@ -41,7 +42,7 @@ def test_by_hand_update_matches_autograd_on_cuda(options):
 def test_by_hand_dynamics_map_matches_autograd_on_cuda():
     by_hand, batch = learned_map_case(device=CUDA)
     reference = copy.deepcopy(by_hand)
-    reference.by_hand = False
+    reference.use_backend("autograd")
     _assert_same_updates(by_hand, reference, batch, steps=4)
 
 
@@ -49,7 +50,7 @@ def test_compiled_update_matches_eager_on_cuda():
     torch.manual_seed(6)
     eager = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), policy_delay=2).double().to(CUDA)
     compiled = copy.deepcopy(eager)
-    compiled.compile_update = True
+    compiled.configure(dataclasses.replace(compiled.settings, compile_update=True))
     assert_same_updates(compiled, eager, on_device(_batch(), CUDA), steps=4)
 
 

@@ -135,7 +135,7 @@ def test_time_limit_truncation_bootstraps_termination_does_not():
         next_action, next_log_prob = agent.policy.sample(buffer.next_obs[index])
         next_q = agent.critic_target(buffer.next_obs[index], next_action)
         target = losses.soft_q_target(buffer.reward[index], buffer.terminated[index], next_q, next_log_prob,
-                                      agent.log_alpha.exp(), agent.gamma)
+                                      agent.log_alpha.exp(), agent.settings.gamma)
     soft_value = next_q.min(0).values[1] - next_log_prob[1]  # alpha = 1 at start
     assert target[0].item() == pytest.approx(1.0)
     assert target[1].item() == pytest.approx(1.0 + 0.5 * soft_value.item(), rel=1e-5)

@@ -183,7 +183,7 @@ def test_critic_options_train(tiny_config):
     trainer = SACTrainer(tiny_config(**{"training.critic_layer_norm": True, "training.critic_loss": "huber",
                                         "training.total_steps": 200, "training.checkpoint_interval": 0}))
     result = trainer.train()
-    assert result.steps == 200 and trainer.agent.huber_delta == 1.0 and len(trainer.agent.critic.norm_weights) == 2
+    assert result.steps == 200 and trainer.agent.settings.huber_delta == 1.0 and len(trainer.agent.critic.norm_weights) == 2
 
 
 def test_policy_delay_updates_the_actor_every_nth_update(tmp_path, tiny_config):
@@ -199,7 +199,7 @@ def test_policy_delay_updates_the_actor_every_nth_update(tmp_path, tiny_config):
 def test_bf16_precision_trains_with_fp32_weights(tmp_path, tiny_config):
     trainer = SACTrainer(tiny_config(**{"training.precision": "bf16", "training.total_steps": 200}))
     result = trainer.train()
-    assert result.steps == 200 and trainer._check_for_nans() == []
+    assert result.steps == 200 and trainer.supervisor.nonfinite_state() == []
     assert all(p.dtype == torch.float32 for p in trainer.agent.parameters())
     record = [r for r in read_metrics(tmp_path / "run") if "train/q_mean" in r][-1]
     assert np.isfinite(record["train/q_mean"]) and np.isfinite(record["train/critic_loss"])

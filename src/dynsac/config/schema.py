@@ -106,6 +106,17 @@ class TrainingParams(_Section):
     checkpoint_interval: int = Field(10_000, ge=0, description="Checkpoint every this many steps; 0 disables.")
     checkpoint_dir: str = Field("checkpoints", description="Folder of `sac_step_{N}.pt` checkpoints.")
     save_replay_buffer: bool = Field(True, description="Store the replay buffer in checkpoints (exact resume).")
+    keep_best_checkpoint: bool = Field(
+        False, description="Keep the checkpoint of the best evaluation so far as `checkpoint_dir/sac_best.pt`."
+    )
+    stop_at: float | None = Field(
+        None, description="Stop once an evaluation's `stop_metric` reaches this value (checkpoint saved, exit 0, "
+        "the reason in summary.json as `early_stop`); null never stops early."
+    )
+    stop_metric: Literal["eval/return_mean", "eval/optimality_ratio"] = Field(
+        "eval/return_mean", description="What `stop_at` compares: the mean eval return, or the optimality ratio "
+        "(envs that know their optimum)."
+    )
     seed: int = Field(0, ge=0, description="Seeds python, numpy, torch and the environments.")
     num_envs: int = Field(
         1, ge=1, description="Environments stepped side by side, each with its own episode and dynamics-map "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dynsac.config import Config
 from dynsac.safety.warnings import EarlyWarningMonitor
 from dynsac.training.checkpoint import save_checkpoint
 
@@ -100,6 +101,16 @@ class KeepBestCheckpoint(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state["best"], state["best_step"]
+
+
+def callbacks_from_config(config: Config) -> list[Callback]:
+    """The built-in callbacks `config.training` switches on (`keep_best_checkpoint`, `stop_at`)."""
+    params, chosen = config.training, []
+    if params.keep_best_checkpoint:
+        chosen.append(KeepBestCheckpoint())
+    if params.stop_at is not None:
+        chosen.append(StopAtTarget(params.stop_at, params.stop_metric))
+    return chosen
 
 
 class EarlyWarnings(Callback):

@@ -64,8 +64,8 @@ def _v6_to_v7(payload: dict[str, Any]) -> dict[str, Any]:
     """Format 7 is the composition of the parts' states: the rollout (envs, next episode id, acting
     counters), the update supervisor (rollbacks, repaired transitions) and the callbacks (early
     warnings); it also records the env factory of a Python-built env (none before)."""
-    safety = payload.pop("safety") or {}
-    counters = payload.pop("counters")
+    safety = payload.pop("safety", None) or {}
+    counters = payload.pop("counters", None) or {"sanitized_values": 0}
     payload["rollout"] = {
         "next_episode_id": payload.pop("episode"),
         "envs": payload.pop("envs"),

@@ -31,7 +31,7 @@ from dynsac.sac import GaussianPolicy, SACAgent
 from dynsac.sac.build import build_agent
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import run_state
-from dynsac.training.callbacks import Callback, EarlyWarnings
+from dynsac.training.callbacks import Callback, EarlyWarnings, callbacks_from_config
 from dynsac.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
 from dynsac.training.rollout import EnvSlot, EvalResult, Rollout
@@ -98,7 +98,7 @@ class SACTrainer:
         self.rollout.start(envs, first)
         self.supervisor = UpdateSupervisor(self.agent, self.buffer, config.safety, self.events)
         self.early_warnings = EarlyWarnings(self.agent.target_entropy if self.agent.auto_alpha else None)
-        self.callbacks: list[Callback] = [self.early_warnings, *callbacks]
+        self.callbacks: list[Callback] = [self.early_warnings, *callbacks_from_config(config), *callbacks]
         self.events.listeners.append(self._event_to_callbacks)
         self.metrics = MetricAccumulator()
         self.logger: RunLogger | None = None
