@@ -217,8 +217,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             }
         result["eval_wall_s"] = time.perf_counter() - eval_start
         trainer.env.close()
-        if trainer.eval_env is not None:
-            trainer.eval_env.close()
+        if trainer.rollout.eval_env is not None:
+            trainer.rollout.eval_env.close()
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the benchmark
         result["error"] = f"{type(err).__name__}: {err}"
         result["traceback"] = traceback.format_exc()

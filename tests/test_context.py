@@ -12,7 +12,7 @@ from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import CheckpointError
 from dynsac.training.logger import read_metrics
 
-from conftest import tiny_overrides
+from conftest import REPO_ROOT, tiny_overrides
 
 
 def random_episodes(buffer, rng, lengths, window_length, obs_dim=3, action_dim=2):
@@ -270,3 +270,12 @@ def test_several_envs_train_and_resume_bit_exact(tmp_path):
     with pytest.raises(CheckpointError, match="training.num_envs=2, but the config has num_envs=3"):
         SACTrainer.from_checkpoint(checkpoint, load_config(None, tiny_overrides(tmp_path / "c", **{
             **overrides, "training.num_envs": 3})))
+
+
+def test_cli_env_context_on_an_env_without_one_is_exit_2(tmp_path, capsys):
+    from dynsac.cli import main
+
+    overrides = [f"--set={o}" for o in tiny_overrides(tmp_path, **{"context.source": "env"})]
+    assert main(["train", "--config", str(REPO_ROOT / "configs/pendulum.yaml"), *overrides]) == 2
+    assert "context.source = 'env', but env.id = 'Pendulum-v1' provides no context" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

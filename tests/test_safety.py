@@ -344,7 +344,7 @@ def test_safety_state_survives_a_checkpoint(tmp_path, tiny_config):
     assert resumed.rollbacks == 1 and resumed.supervisor.recovery.lr_scale == pytest.approx(0.5)
     assert resumed.agent.learning_rates() == pytest.approx(trainer.agent.learning_rates())
     assert resumed.early_warnings.state_dict() == trainer.early_warnings.state_dict()
-    assert len(resumed.early_warnings.history) == len(trainer.early_warnings.history) > 0
+    assert len(resumed.early_warnings.monitor.history) == len(trainer.early_warnings.monitor.history) > 0
 
 
 def test_huge_but_finite_state_is_not_mistaken_for_nonfinite(tiny_config):

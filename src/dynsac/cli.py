@@ -57,13 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_guarded(action) -> int:
     """Bad input is reported in one clear message and exit status 2, without a traceback."""
     from dynsac.config import ConfigError
+    from dynsac.context import ContextError
     from dynsac.envs.factory import EnvError
     from dynsac.training.checkpoint import CheckpointError
     from dynsac.training.plots import PlotError
 
     try:
         return action()
-    except (ConfigError, CheckpointError, EnvError, PlotError) as err:
+    except (ConfigError, CheckpointError, ContextError, EnvError, PlotError) as err:
         print(f"dynsac: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -12,6 +12,7 @@ import torch
 
 from dynsac.config import Config
 from dynsac.context import ContextTracker
+from dynsac.envs.factory import factory_name
 from dynsac.safety.diagnosis import resume_command
 from dynsac.training.checkpoint import CheckpointError, list_checkpoints
 from dynsac.training.logger import METRICS_FILE
@@ -119,7 +120,7 @@ def compose(trainer: SACTrainer) -> dict[str, Any]:
         "num_updates": trainer.num_updates,
         "config": trainer.config.model_dump(mode="json"),
         "spaces": space_signature(trainer),
-        "env_factory": trainer.env_factory_name(),
+        "env_factory": None if trainer.env_fn is None else factory_name(trainer.env_fn),
         "agent": trainer.agent.full_state_dict(),
         "buffer": trainer.buffer.state_dict() if trainer.config.training.save_replay_buffer else None,
         "rng": rng_state(trainer.warmup_rng),

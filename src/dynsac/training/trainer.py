@@ -22,7 +22,7 @@ import torch
 
 from dynsac.config import Config, ConfigError, apply_override, validate_config
 from dynsac.context import ContextTracker, split_observation
-from dynsac.envs.factory import EnvFactory, factory_name, make_env, observation_box
+from dynsac.envs.factory import EnvFactory, make_env, observation_box
 from dynsac.events import EventReporter
 from dynsac.safety.diagnosis import build_diagnosis, resume_command, stop_reason, write_diagnosis
 from dynsac.safety.reward_scale import RewardNormalizer
@@ -65,6 +65,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_training_envs(config: Config, env_fn: EnvFactory | None = None
+                       ) -> tuple[list[Any], list[tuple[np.ndarray, np.ndarray | None]]]:
+    """`training.num_envs` envs, seeded `seed + i`, and their first (observation, env context)."""
+    env_cfg, seed = config.env, config.training.seed
+    envs = [make_env(env_cfg.id, env_cfg.kwargs, env_cfg.max_episode_steps, env_fn)
+            for _ in range(config.training.num_envs)]
+    first = []
+    for index, env in enumerate(envs):
+        env.action_space.seed(seed + index)
+        first.append(split_observation(*env.reset(seed=seed + index)))
+    return envs, first
+
+
+@contextmanager
+def stop_on_signals(trainer: SACTrainer) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a request to stop at the next step boundary (never mid-update)."""
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        if trainer._stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        trainer._stop_requested = True
+        print(f"\n[dynsac] {signal.Signals(signum).name} received: saving a checkpoint and stopping", flush=True)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop)
+    except ValueError:  # not the main thread: leave signal handling alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class SACTrainer:
     """Soft Actor-Critic training on `training.num_envs` environments (one by default).
 
@@ -84,7 +120,7 @@ class SACTrainer:
         self.events = EventReporter()
         self.warmup_rng = np.random.default_rng(params.seed)
         self.step, self.num_updates = 0, 0
-        envs, first = self._make_envs()
+        envs, first = make_training_envs(config, env_fn)
         box, actions = observation_box(envs[0]), envs[0].action_space
         self.obs_dim, self.action_dim = int(box.shape[0]), int(actions.shape[0])
         self.context_dim = run_state.context_dim(config, first[0][1])
@@ -108,16 +144,6 @@ class SACTrainer:
         self._step_before = 0  # self.step before the last collect_step (schedules fire when crossed)
         self._log_clock = (time.monotonic(), 0, 0)
         self._reported_context_fallbacks = 0
-
-    def _make_envs(self) -> tuple[list[Any], list[tuple[np.ndarray, np.ndarray | None]]]:
-        env_cfg, seed = self.config.env, self.config.training.seed
-        envs = [make_env(env_cfg.id, env_cfg.kwargs, env_cfg.max_episode_steps, self.env_fn)
-                for _ in range(self.config.training.num_envs)]
-        first = []
-        for index, env in enumerate(envs):
-            env.action_space.seed(seed + index)
-            first.append(split_observation(*env.reset(seed=seed + index)))
-        return envs, first
 
     # ----------------------------------------------------------------- views of the parts
     @property
@@ -209,7 +235,7 @@ class SACTrainer:
         progress = self._open_run(total)
         start, last_checkpoint, final_eval = time.monotonic(), None, None
         eval_history: list[tuple[int, float]] = []
-        with self._stop_on_signals():
+        with stop_on_signals(self):
             while self.step < total and not self._stop_requested:
                 self.train_step()
                 if self._crossed(params.eval_interval):
@@ -260,28 +286,6 @@ class SACTrainer:
         """Whether the last collect_step reached a multiple of `interval` steps (0: never). With one
         env that is `step % interval == 0`; with N envs the step count moves by N at a time."""
         return bool(interval) and self.step // interval > self._step_before // interval
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """Turn SIGINT/SIGTERM into a request to stop at the next step boundary (never mid-update)."""
-
-        def request_stop(signum: int, _frame: Any) -> None:
-            if self._stop_requested:  # a second Ctrl-C stops at once
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            print(f"\n[dynsac] {signal.Signals(signum).name} received: saving a checkpoint and stopping", flush=True)
-
-        previous = {}
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, request_stop)
-        except ValueError:  # not the main thread: leave signal handling alone
-            previous = {}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     # ----------------------------------------------------------------- logging and events
     def _log_training(self) -> None:
@@ -378,6 +382,3 @@ class SACTrainer:
         trainer = cls(config, callbacks, env_fn)
         trainer.load_state_dict(state, path)
         return trainer
-
-    def env_factory_name(self) -> str | None:
-        return None if self.env_fn is None else factory_name(self.env_fn)
