@@ -148,6 +148,7 @@ def restore(trainer: SACTrainer, state: dict[str, Any], source: str) -> None:
         except ValueError as err:
             raise CheckpointError(f"{source}: {err}") from None
     trainer.step, trainer.num_updates = state["step"], state["num_updates"]
+    trainer.rollout.step = trainer.step
     trainer.reward_normalizer.load_state_dict(state["reward_normalizer"])
     trainer.supervisor.load_state_dict(state["supervisor"])
     if trainer.supervisor.recovery.lr_scale != 1.0:  # the rates rollbacks lowered stay lowered
