@@ -1,4 +1,4 @@
-"""Command line: `dynsac train | resume | eval | plot | summary | sweep`.
+"""Command line: `dynsac train | resume | rewind | eval | plot | summary | sweep`.
 
 Exit status: 0 done, 2 bad input (config, checkpoint, env), 3 stopped by the safety policy
 (emergency checkpoint and diagnosis written), 130 interrupted (checkpoint saved); `dynsac sweep`:
@@ -28,6 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("checkpoint", help="a sac_step_N.pt file")
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a saved config field, e.g. training.total_steps=200000 (repeatable)")
+    add_no_rewind(resume)
+
+    rewind = commands.add_parser("rewind", help="resume a run from the checkpoint nearest its best eval (or a step)")
+    rewind.add_argument("run_dir", metavar="RUN_DIR", help="the run's logging.dir (holding config.yaml, metrics.jsonl)")
+    rewind.add_argument("--to", required=True, metavar="best|STEP",
+                        help="best: the checkpoint nearest the best eval/return_mean; STEP: the one nearest that step")
+    rewind.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a saved config field from there on, e.g. training.learning_rate=1e-4")
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint's deterministic policy")
     evaluate.add_argument("checkpoint", help="a sac_step_N.pt file")
@@ -45,11 +53,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. training.learning_rate=1e-5 (repeatable)")
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
                         help="continue from this checkpoint; the config's tunables apply from there on")
+    add_no_rewind(parser)
+
+
+def add_no_rewind(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-rewind", action="store_true",
+                        help="refuse to resume from a checkpoint older than the run's newest (default: the later "
+                             "checkpoints move to checkpoint_dir/rewound_from_step_N_TIME/)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "resume": run_resume, "eval": run_eval, "sweep": run_sweep,
+    handlers = {"train": run_train, "resume": run_resume, "rewind": run_rewind, "eval": run_eval, "sweep": run_sweep,
                 "plot": run_plot, "summary": run_summary}
     return run_guarded(lambda: handlers[args.command](args))
 
@@ -73,16 +88,29 @@ def run_train(args: argparse.Namespace) -> int:
     from dynsac.config import load_config
     from dynsac.training import SACTrainer
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, *no_rewind(args)])
     trainer = SACTrainer.from_checkpoint(args.resume, config) if args.resume else SACTrainer(config)
     return report(trainer.train())
+
+
+def no_rewind(args: argparse.Namespace) -> list[str]:
+    return ["training.rewind=false"] if getattr(args, "no_rewind", False) else []
 
 
 def run_resume(args: argparse.Namespace) -> int:
     from dynsac.training import SACTrainer
 
-    trainer = SACTrainer.from_checkpoint(args.checkpoint, overrides=args.overrides)
+    trainer = SACTrainer.from_checkpoint(args.checkpoint, overrides=[*args.overrides, *no_rewind(args)])
     return report(trainer.train())
+
+
+def run_rewind(args: argparse.Namespace) -> int:
+    from dynsac.training import SACTrainer
+    from dynsac.training.lineage import rewind_target
+
+    checkpoint, why = rewind_target(args.run_dir, args.to)
+    print(f"[dynsac] rewinding to {checkpoint} ({why})")
+    return report(SACTrainer.from_checkpoint(checkpoint, overrides=args.overrides).train())
 
 
 def report(result) -> int:

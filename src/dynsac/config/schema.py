@@ -106,6 +106,11 @@ class TrainingParams(_Section):
     checkpoint_interval: int = Field(10_000, ge=0, description="Checkpoint every this many steps; 0 disables.")
     checkpoint_dir: str = Field("checkpoints", description="Folder of `sac_step_{N}.pt` checkpoints.")
     save_replay_buffer: bool = Field(True, description="Store the replay buffer in checkpoints (exact resume).")
+    rewind: bool = Field(
+        True, description="Resuming from a checkpoint older than the newest of the same run moves the later "
+        "checkpoints (and a copy of metrics.jsonl) into `checkpoint_dir/rewound_from_step_N_TIME/` and goes ahead; "
+        "false refuses instead (CLI: --no-rewind)."
+    )
     keep_best_checkpoint: bool = Field(
         False, description="Keep the checkpoint of the best evaluation so far as `checkpoint_dir/sac_best.pt`."
     )

@@ -8,6 +8,8 @@ checkpoints keep loading (new fields take their defaults).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import re
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -79,9 +81,28 @@ def _v6_to_v7(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def structural_run_id(config: dict[str, Any]) -> str:
+    """The id of a run whose checkpoints predate run ids: a hash of what defines the run (env,
+    context, networks, seed), so that its own checkpoints match each other and no other run's."""
+    training = config.get("training", {})
+    keys = ("hidden_sizes", "actor_hidden_sizes", "critic_hidden_sizes", "seed", "num_envs")
+    defining = {"env": config.get("env"), "context": config.get("context"),
+                "training": {key: training.get(key) for key in keys}}
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()
+    return f"cfg-{digest[:12]}"
+
+
+def _v7_to_v8(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 8 records the run's lineage (run id, what it resumed from, segments, rewinds); a run
+    from before gets the id its config defines and no recorded segments."""
+    payload["lineage"] = {"run_id": structural_run_id(payload["config"]), "resumed_from": None, "segments": [],
+                          "rewinds": []}
+    return payload
+
+
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
 }
 
 
@@ -139,7 +160,13 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def peek_checkpoint(path: str | Path) -> dict[str, Any]:
+    """`load_checkpoint` with the tensors memory-mapped, not read: cheap for the metadata (step,
+    lineage, config) of a checkpoint that holds a large replay buffer."""
+    return load_checkpoint(path, mmap=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Load safely and migrate to the current format; every failure is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
@@ -148,7 +175,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt file?): not a torch archive")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused to load: it contains objects other than tensors and plain data, which "

@@ -61,6 +61,8 @@ EVENT_STYLES = {
     "rollback": ("rollback", "tab:red", "--"),
     "stopped": ("safety stop", "black", "-"),
     "repair": ("skipped update / repaired input", "tab:gray", None),  # short ticks at the bottom
+    "resume": ("resume", "tab:green", (0, (1, 3))),
+    "rewind": ("rewind", "tab:purple", "-."),
 }
 _REPAIR_EVENTS = {"skipped_update", "sanitized_observation", "sanitized_reward", "context_fallback",
                   "nonfinite_action"}
@@ -286,7 +288,7 @@ def run_optimum(run: RunData) -> float | None:
 def _event_category(kind: str) -> str | None:
     if kind.startswith("warning/"):
         return "warning"
-    if kind in ("rollback", "stopped"):
+    if kind in ("rollback", "stopped", "resume", "rewind"):
         return kind
     if kind in _REPAIR_EVENTS:
         return "repair"
@@ -452,15 +454,17 @@ def _draw_events(ax, runs: Sequence[RunData]) -> None:
 
 # ----------------------------------------------------------------------------- the summary table
 SUMMARY_COLUMNS = ("run", "env", "seed", "status", "steps", "final_eval_return", "best_eval_return",
-                   "optimality_ratio", "wall_s", "steps_per_sec", "warnings", "rollbacks")
+                   "optimality_ratio", "wall_s", "segments", "rewinds", "steps_per_sec", "warnings", "rollbacks")
 
 
 def summarize_run(run: RunData) -> dict[str, Any]:
     """One row: the facts of summary.json where the run wrote one, else derived from metrics.jsonl.
 
     final/best eval return: the last (NaN if it was)/highest finite `eval/return_mean` in metrics.jsonl
-    (its whole history, also across resumes), else summary.json's. wall_s: summary.json's (the last session of a
-    resumed run), else the time from the first to the last record. steps_per_sec: environment steps
+    (its whole history, also across resumes), else summary.json's. wall_s: summary.json's total over the
+    run's segments (resumes; `wall_s` alone, the last segment's, for runs from before segments were recorded),
+    else the time from the first to the last record. segments, rewinds: summary.json's, else counted from the
+    resume and rewind events. steps_per_sec: environment steps
     per second from the logged `perf/steps_per_sec` (time-weighted over the logging intervals, eval
     time included), else steps / wall_s."""
     summary = run.summary or {}
@@ -471,7 +475,7 @@ def summarize_run(run: RunData) -> dict[str, Any]:
     steps = summary.get("steps")
     if steps is None and record_steps:
         steps = max(record_steps)
-    wall_s = summary.get("wall_s")
+    wall_s = summary.get("wall_s_total", summary.get("wall_s"))
     times = [r["time"] for r in run.records + run.events if isinstance(r.get("time"), (int, float))]
     if wall_s is None and len(times) > 1:
         wall_s = max(times) - min(times)
@@ -501,12 +505,18 @@ def summarize_run(run: RunData) -> dict[str, Any]:
         "best_eval_return": float(finite.max()) if len(finite) else _float_or_none(summary.get("best_eval_return")),
         "optimality_ratio": _float_or_none(ratio),
         "wall_s": _float_or_none(wall_s),
+        "segments": summary.get("segments", 1 + _count_events(run, "resume")),
+        "rewinds": summary.get("rewinds", _count_events(run, "rewind")),
         "steps_per_sec": _throughput(run, steps, wall_s),
         "warnings": sum(warnings_by_kind.values()),
         "rollbacks": int(rollbacks),
         "warnings_by_kind": warnings_by_kind,
         "evals": int(len(eval_steps)),
     }
+
+
+def _count_events(run: RunData, kind: str) -> int:
+    return sum(1 for event in run.events if event.get("event") == kind)
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -573,6 +583,8 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         columns.append(("opt. ratio", ">", lambda row, i: _cell(row.get("optimality_ratio"), "{:.3f}")))
     columns += [
         ("wall", ">", lambda row, i: format_duration(row.get("wall_s"))),
+        ("segments", ">", lambda row, i: _cell(row.get("segments"), "{}")),
+        ("rewinds", ">", lambda row, i: _cell(row.get("rewinds"), "{}")),
         ("steps/s", ">", lambda row, i: _cell(row.get("steps_per_sec"), "{:,.1f}")),
         ("warnings", ">", lambda row, i: _cell(row.get("warnings"), "{}")),
         ("rollbacks", ">", lambda row, i: _cell(row.get("rollbacks"), "{}")),

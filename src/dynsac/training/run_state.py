@@ -13,8 +13,7 @@ import torch
 from dynsac.config import Config
 from dynsac.context import ContextTracker
 from dynsac.envs.factory import factory_name
-from dynsac.safety.diagnosis import resume_command
-from dynsac.training.checkpoint import CheckpointError, list_checkpoints
+from dynsac.training.checkpoint import CheckpointError
 from dynsac.training.logger import METRICS_FILE
 from dynsac.version import __version__
 
@@ -34,23 +33,6 @@ def context_dim(config: Config, env_context: np.ndarray | None) -> int:
 
 
 # ----------------------------------------------------------------- folders
-def check_checkpoint_dir(config: Config, step: int) -> None:
-    """Refuse to overwrite checkpoints that another run (or a later part of this one) wrote."""
-    if not config.training.checkpoint_interval:
-        return
-    folder = config.training.checkpoint_dir
-    later = [(saved, path) for saved, path in list_checkpoints(folder) if saved > step or step == 0]
-    if not later:
-        return
-    newest = later[-1][1]
-    what = "a fresh run" if step == 0 else f"resuming from step {step}"
-    raise CheckpointError(
-        f"training.checkpoint_dir = {folder!r} already holds {newest.name} (and {len(later) - 1} more) "
-        f"from another run; {what} would overwrite them. Continue that run with:\n  {resume_command(newest)}\n"
-        f"or start afresh elsewhere: --set training.checkpoint_dir=NEW_DIR --set logging.dir=NEW_RUN_DIR"
-    )
-
-
 def check_run_dir(config: Config, step: int) -> None:
     """A fresh run never mixes its metrics into another run's folder."""
     metrics = Path(config.logging.dir) / METRICS_FILE
@@ -86,11 +68,15 @@ def training_scalars(trainer: SACTrainer, means: dict[str, float], interval: tup
 
 
 def summary(trainer: SACTrainer, result: TrainResult, total: int) -> dict[str, Any]:
-    """`summary.json`: the end-of-run facts."""
-    final, history = result.final_eval, result.eval_history
+    """`summary.json`: the end-of-run facts; wall_s is this segment's, wall_s_total that of every
+    segment on the way to this state (resumes included, abandoned branches not)."""
+    final, history, lineage = result.final_eval, result.eval_history, trainer.lineage
+    segments = lineage.all_segments(trainer.step)
     return {
         "steps": trainer.step, "total_steps": total, "updates": trainer.num_updates,
-        "wall_s": result.wall_time_s, "interrupted": result.interrupted, "stop_reason": result.stop_reason,
+        "wall_s": result.wall_time_s, "wall_s_total": sum(s["wall_s"] for s in segments),
+        "segments": len(segments), "rewinds": len(lineage.rewinds), "run_id": lineage.run_id,
+        "interrupted": result.interrupted, "stop_reason": result.stop_reason,
         "early_stop": result.early_stop,
         "final_eval_return": None if final is None else final.mean,
         "best_eval_return": max((r for _, r in history), default=None),
@@ -128,6 +114,7 @@ def compose(trainer: SACTrainer) -> dict[str, Any]:
         "reward_normalizer": trainer.reward_normalizer.state_dict(),
         "supervisor": trainer.supervisor.state_dict(),
         "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_key is not None},
+        "lineage": trainer.lineage.state_dict(trainer.step),
     }
 
 
@@ -149,6 +136,7 @@ def restore(trainer: SACTrainer, state: dict[str, Any], source: str) -> None:
             raise CheckpointError(f"{source}: {err}") from None
     trainer.step, trainer.num_updates = state["step"], state["num_updates"]
     trainer.rollout.step = trainer.step
+    trainer.lineage.load_state_dict(state["lineage"], trainer.step, source)
     trainer.reward_normalizer.load_state_dict(state["reward_normalizer"])
     trainer.supervisor.load_state_dict(state["supervisor"])
     if trainer.supervisor.recovery.lr_scale != 1.0:  # the rates rollbacks lowered stay lowered

@@ -33,6 +33,7 @@ from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import run_state
 from dynsac.training.callbacks import Callback, EarlyWarnings, callbacks_from_config
 from dynsac.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from dynsac.training.lineage import Lineage, prepare_checkpoint_dir
 from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
 from dynsac.training.rollout import EnvSlot, EvalResult, Rollout
 
@@ -144,6 +145,7 @@ class SACTrainer:
         self._step_before = 0  # self.step before the last collect_step (schedules fire when crossed)
         self._log_clock = (time.monotonic(), 0, 0)
         self._reported_context_fallbacks = 0
+        self.lineage = Lineage()
 
     # ----------------------------------------------------------------- views of the parts
     @property
@@ -256,11 +258,14 @@ class SACTrainer:
         return result
 
     def _open_run(self, total: int) -> Progress:
-        run_state.check_checkpoint_dir(self.config, self.step)
+        rewound = prepare_checkpoint_dir(self.config, self.step, self.lineage, self.events)
         run_state.check_run_dir(self.config, self.step)
         log_cfg, resumed = self.config.logging, self.step > 0
+        if rewound is not None:
+            self.lineage.record_rewind(rewound, Path(log_cfg.dir))
         self.logger = RunLogger(log_cfg.dir, log_cfg.tensorboard, resume_step=self.step if resumed else None)
         self.logger.write_config(self.config.model_dump(mode="json"))
+        self.lineage.start_segment(self.step, self.events, rewound)
         self._log_clock = (time.monotonic(), self.step, self.num_updates)
         if log_cfg.progress != "off":
             what = f"resuming at step {self.step:,}" if resumed else "starting"
