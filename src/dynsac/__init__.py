@@ -13,5 +13,7 @@ from dynsac.version import __version__  # noqa: E402
 from dynsac.config import Config, TrainingParams, load_config  # noqa: E402
 from dynsac.sac import GaussianPolicy  # noqa: E402
 from dynsac.training import SACTrainer  # noqa: E402
+from dynsac.export import Controller, load_controller  # noqa: E402
 
-__all__ = ["Config", "GaussianPolicy", "SACTrainer", "TrainingParams", "__version__", "load_config"]
+__all__ = ["Config", "Controller", "GaussianPolicy", "SACTrainer", "TrainingParams", "__version__", "load_config",
+           "load_controller"]

@@ -1,4 +1,4 @@
-"""Command line: `dynsac train | resume | rewind | eval | plot | summary | sweep`.
+"""Command line: `dynsac train | resume | rewind | eval | export | plot | summary | sweep`.
 
 Exit status: 0 done, 2 bad input (config, checkpoint, env), 3 stopped by the safety policy
 (emergency checkpoint and diagnosis written), 130 interrupted (checkpoint saved); `dynsac sweep`:
@@ -37,11 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     rewind.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a saved config field from there on, e.g. training.learning_rate=1e-4")
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint's deterministic policy")
-    evaluate.add_argument("checkpoint", help="a sac_step_N.pt file")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint's (or an exported controller's) policy")
+    evaluate.add_argument("checkpoint", help="a sac_step_N.pt file, or a controller written by dynsac export "
+                                             "(.onnx, .pt2)")
     evaluate.add_argument("--episodes", type=int, default=None, help="episodes (default: training.eval_episodes)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a saved config field, e.g. env.eval_kwargs.split=test (repeatable)")
+    export = commands.add_parser("export", help="write a checkpoint's controller as one ONNX graph or torch program")
+    export.add_argument("checkpoint", help="a sac_step_N.pt file")
+    export.add_argument("--out", required=True, metavar="FILE.onnx|FILE.pt2",
+                        help="the file to write (its spec also goes to FILE.json)")
+    export.add_argument("--batch-size", default="dynamic", metavar="N|dynamic",
+                        help="rows per call: a fixed N, or dynamic (any N; default)")
     add_plot_commands(commands)
     add_sweep_arguments(commands.add_parser("sweep", help="a grid of configs x seeds on Ray Tune (resumable)"))
     return parser
@@ -64,8 +71,8 @@ def add_no_rewind(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "resume": run_resume, "rewind": run_rewind, "eval": run_eval, "sweep": run_sweep,
-                "plot": run_plot, "summary": run_summary}
+    handlers = {"train": run_train, "resume": run_resume, "rewind": run_rewind, "eval": run_eval, "export": run_export,
+                "sweep": run_sweep, "plot": run_plot, "summary": run_summary}
     return run_guarded(lambda: handlers[args.command](args))
 
 
@@ -74,12 +81,13 @@ def run_guarded(action) -> int:
     from dynsac.config import ConfigError
     from dynsac.context import ContextError
     from dynsac.envs.factory import EnvError
+    from dynsac.export.files import ExportError
     from dynsac.training.checkpoint import CheckpointError
     from dynsac.training.plots import PlotError
 
     try:
         return action()
-    except (ConfigError, CheckpointError, ContextError, EnvError, PlotError) as err:
+    except (ConfigError, CheckpointError, ContextError, EnvError, ExportError, PlotError) as err:
         print(f"dynsac: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -126,22 +134,55 @@ def report(result) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from dynsac.envs.factory import accepts_kwarg
-    from dynsac.training import SACTrainer
 
     if args.episodes is not None and args.episodes < 1:
         print(f"dynsac: error: --episodes = {args.episodes}: must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    trainer = SACTrainer.from_checkpoint(args.checkpoint, overrides=args.overrides)
-    env_cfg = trainer.config.env
-    if accepts_kwarg(trainer.env, "split") and "split" not in env_cfg.eval_kwargs:
+    exported = Path(args.checkpoint).suffix != ".pt"  # load_controller names the suffixes it knows
+    step, config, env, evaluate = (exported_evaluation if exported else checkpoint_evaluation)(args)
+    env_cfg = config.env
+    if accepts_kwarg(env, "split") and "split" not in env_cfg.eval_kwargs:
         splits = {"train": {**env_cfg.eval_kwargs, "split": "train"}, "test": {**env_cfg.eval_kwargs, "split": "test"}}
     else:
         splits = {"eval": None}
-    results = {name: trainer.evaluate(args.episodes, kwargs) for name, kwargs in splits.items()}
-    episodes = len(next(iter(results.values())).returns)
-    print(f"{Path(args.checkpoint).name}: {env_cfg.id}, step {trainer.step:,}, deterministic policy, "
+    episodes = args.episodes or config.training.eval_episodes
+    results = {name: evaluate(episodes, kwargs) for name, kwargs in splits.items()}
+    print(f"{Path(args.checkpoint).name}: {env_cfg.id}, step {step:,}, deterministic policy, "
           f"{episodes} episodes per split")
     print(format_eval_table(results))
+    return 0
+
+
+def checkpoint_evaluation(args: argparse.Namespace):
+    """(step, config, an env, evaluate(episodes, env_kwargs)) of a checkpoint's trainer."""
+    from dynsac.training import SACTrainer
+
+    trainer = SACTrainer.from_checkpoint(args.checkpoint, overrides=args.overrides)
+    return trainer.step, trainer.config, trainer.env, trainer.evaluate
+
+
+def exported_evaluation(args: argparse.Namespace):
+    """The same for an exported controller: its spec's config (with --set applied) picks the env and seeds."""
+    from dynsac.config import apply_override, validate_config
+    from dynsac.export import load_controller
+    from dynsac.export.evaluate import controller_env, evaluate_controller
+
+    controller = load_controller(args.checkpoint)
+    raw = controller.spec["config"]
+    for override in args.overrides:
+        apply_override(raw, override)
+    config = validate_config(raw, source=f"{args.checkpoint} (its spec's config)")
+    controller.spec["config"] = config.model_dump(mode="json")
+    return (controller.spec["checkpoint_step"], config, controller_env(controller),
+            lambda episodes, env_kwargs: evaluate_controller(controller, episodes, env_kwargs))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dynsac.export import export_controller
+
+    out = export_controller(args.checkpoint, args.out, args.batch_size)
+    size = out.stat().st_size
+    print(f"[dynsac] wrote {out} ({size / 1024:,.0f} KiB) and its spec {out.with_suffix('.json')}")
     return 0
 
 

@@ -2,6 +2,12 @@
 
 Every field has a default, so a config written for an older dynsac (which omits newer fields)
 keeps working. Unknown keys are errors: a misspelt key must never be silently ignored.
+
+Every field is bounded by what the trainer can honour: counts and sizes have upper limits,
+floats must be finite (NaN and Inf are refused everywhere), layer lists are short lists of
+positive widths, paths fit the file system's limits. What depends on the machine (whether the
+replay buffer and the networks fit in memory) is checked when the trainer is built
+(`dynsac.training.resources`).
 """
 
 from __future__ import annotations
@@ -10,16 +16,49 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MAX_LAYER_SIZE = 65_536  # units in one hidden layer
+MAX_LAYERS = 16  # hidden layers in one network
+MAX_STEPS = 10**12  # env steps, intervals and step counts
+MAX_SEED = 2**32 - 1  # numpy's global seed is a 32-bit unsigned integer
+MAX_FACTOR = 1e6  # multipliers of a loss or of the entropy term
+MAX_PATH_LENGTH = 4096  # Linux PATH_MAX
+MAX_NAME_LENGTH = 255  # bytes in one path component (NAME_MAX of common file systems)
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and Inf are refused in every float field: none of them has a use for a non-finite value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def check_layer_sizes(sizes: list[int] | None) -> list[int] | None:
+    """Hidden layer widths: 1 to MAX_LAYERS layers, each of 1 to MAX_LAYER_SIZE units."""
+    if sizes is None:
+        return None
+    if any(size < 1 or size > MAX_LAYER_SIZE for size in sizes):
+        raise ValueError(f"every layer size must be >= 1 and <= {MAX_LAYER_SIZE}, got {sizes}")
+    return sizes
+
+
+def check_path(path: str) -> str:
+    """A folder name the file system can create: not blank, no NUL byte, within PATH_MAX and NAME_MAX."""
+    if not path.strip():
+        raise ValueError("must name a folder, e.g. 'runs/my_run'")
+    if "\0" in path:
+        raise ValueError("must not contain a NUL character")
+    if len(path.encode()) > MAX_PATH_LENGTH:
+        raise ValueError(f"is {len(path.encode())} bytes long; paths may have at most {MAX_PATH_LENGTH}")
+    longest = max(path.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > MAX_NAME_LENGTH:
+        raise ValueError(f"has a component of {len(longest.encode())} bytes ({longest[:20]!r}...); file systems "
+                         f"allow at most {MAX_NAME_LENGTH}")
+    return path
 
 
 class EnvConfig(_Section):
     """Which environment to train on."""
 
     id: str = Field(
-        "Pendulum-v1",
+        "Pendulum-v1", max_length=1000,
         description="A Gymnasium id (`Pendulum-v1`, `dynsac/RandomLinear-v0`) or `package.module:Class`.",
     )
     kwargs: dict[str, Any] = Field(
@@ -30,7 +69,8 @@ class EnvConfig(_Section):
         description="Overrides of `kwargs` for the evaluation environment (e.g. held-out dynamics).",
     )
     max_episode_steps: int | None = Field(
-        None, ge=1, description="Time limit; null keeps the environment's registered limit."
+        None, ge=1, le=10_000_000,
+        description="Time limit (at most 10,000,000 steps); null keeps the environment's registered limit.",
     )
 
     @field_validator("id")
@@ -49,13 +89,19 @@ class ContextConfig(_Section):
         description="`none`: plain SAC; `env`: the env's `info['context']` or Dict observation "
         "`{obs, context}`; `learned`: the dynamics-map encoder over the last transitions.",
     )
-    dim: int = Field(10, ge=1, description="Size of the learned context vector (`learned` only).")
-    history_length: int = Field(10, ge=1, description="Transitions K in the encoder's window (`learned` only).")
-    encoder_hidden_sizes: list[int] = Field([256, 128, 64], min_length=1, description="Encoder layers.")
-    model_hidden_sizes: list[int] = Field(
-        [200, 200], min_length=1, description="Layers of the forward and backward dynamics predictors."
+    dim: int = Field(10, ge=1, le=4096, description="Size of the learned context vector (`learned` only; at most 4096).")
+    history_length: int = Field(
+        10, ge=1, le=10_000, description="Transitions K in the encoder's window (`learned` only; at most 10,000)."
     )
-    backward_weight: float = Field(0.5, ge=0, description="Weight of the backward prediction loss.")
+    encoder_hidden_sizes: list[int] = Field(
+        [256, 128, 64], min_length=1, max_length=MAX_LAYERS,
+        description="Encoder layers (1 to 16 layers of 1 to 65536 units, as every layer list).",
+    )
+    model_hidden_sizes: list[int] = Field(
+        [200, 200], min_length=1, max_length=MAX_LAYERS,
+        description="Layers of the forward and backward dynamics predictors.",
+    )
+    backward_weight: float = Field(0.5, ge=0, le=MAX_FACTOR, description="Weight of the backward prediction loss.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of encoder and predictors.")
     bounded: bool = Field(True, description="Squash the learned context with tanh into (-1, 1).")
     critic_gradient: bool = Field(
@@ -63,13 +109,18 @@ class ContextConfig(_Section):
     )
     detach_policy: bool = Field(True, description="The policy sees a detached context (no actor gradient).")
 
+    @field_validator("encoder_hidden_sizes", "model_hidden_sizes")
+    @classmethod
+    def _layer_sizes(cls, sizes: list[int]) -> list[int]:
+        return check_layer_sizes(sizes)
+
 
 class TrainingParams(_Section):
     """What users tune: the SAC algorithm, its schedule and where checkpoints go."""
 
-    total_steps: int = Field(100_000, ge=1, description="Environment steps to train for.")
+    total_steps: int = Field(100_000, ge=1, le=MAX_STEPS, description="Environment steps to train for (at most 10^12).")
     learning_starts: int = Field(
-        5_000, ge=0, description="Steps of uniformly random actions before updates start."
+        5_000, ge=0, le=MAX_STEPS, description="Steps of uniformly random actions before updates start."
     )
     learning_rate: float = Field(3e-4, gt=0, le=1, description="Adam learning rate of every network.")
     actor_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the policy.")
@@ -77,33 +128,56 @@ class TrainingParams(_Section):
     alpha_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for log-alpha.")
     gamma: float = Field(0.99, ge=0, lt=1, description="Discount factor, in [0, 1).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak coefficient of the target critics, in (0, 1].")
-    reward_scale: float = Field(1.0, gt=0, description="Rewards are multiplied by this before storage.")
+    reward_scale: float = Field(
+        1.0, gt=0, le=1e30, description="Rewards are multiplied by this before storage (at most 1e30, so that "
+        "stored float32 rewards stay finite)."
+    )
     max_grad_norm: float | None = Field(
         None, gt=0, description="Clip each network's gradient to this global norm; null: no clipping."
     )
-    batch_size: int = Field(256, ge=1, description="Transitions per gradient update.")
-    buffer_size: int = Field(1_000_000, ge=1, description="Replay buffer capacity (transitions).")
-    updates_per_step: int = Field(1, ge=1, description="Gradient updates per environment step.")
-    hidden_sizes: list[int] = Field([256, 256], min_length=1, description="Hidden layers of policy and critics.")
-    actor_hidden_sizes: list[int] | None = Field(None, min_length=1, description="Overrides hidden_sizes for the policy.")
-    critic_hidden_sizes: list[int] | None = Field(None, min_length=1, description="Overrides hidden_sizes for the critics.")
+    batch_size: int = Field(
+        256, ge=1, le=10_000_000, description="Transitions per gradient update (at most buffer_size)."
+    )
+    buffer_size: int = Field(
+        1_000_000, ge=1, le=MAX_STEPS, description="Replay buffer capacity (transitions), preallocated: a buffer "
+        "that does not fit in the memory available is refused when the trainer is built, with the largest that fits."
+    )
+    updates_per_step: int = Field(1, ge=1, le=1000, description="Gradient updates per environment step (at most 1000).")
+    hidden_sizes: list[int] = Field(
+        [256, 256], min_length=1, max_length=MAX_LAYERS,
+        description="Hidden layers of policy and critics (1 to 16 layers of 1 to 65536 units, as every layer list).",
+    )
+    actor_hidden_sizes: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_LAYERS, description="Overrides hidden_sizes for the policy."
+    )
+    critic_hidden_sizes: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_LAYERS, description="Overrides hidden_sizes for the critics."
+    )
     critic_layer_norm: bool = Field(False, description="LayerNorm after each hidden layer of the critics.")
     critic_loss: Literal["mse", "huber"] = Field(
         "mse", description="TD loss: `mse`, or `huber` (quadratic below huber_delta, linear beyond)."
     )
     huber_delta: float = Field(1.0, gt=0, description="Where the Huber TD loss turns linear.")
     alpha: float | Literal["auto"] = Field(
-        "auto", description="Entropy coefficient: a positive number (fixed) or `auto` (tuned)."
+        "auto", description="Entropy coefficient: a positive number (fixed, at most 1e6) or `auto` (tuned)."
     )
-    init_alpha: float = Field(1.0, gt=0, description="Starting alpha when `alpha: auto`.")
+    init_alpha: float = Field(1.0, gt=0, le=MAX_FACTOR, description="Starting alpha when `alpha: auto` (at most 1e6).")
     target_entropy: float | Literal["auto"] = Field(
-        "auto", description="Entropy target of automatic tuning; `auto` = -action_dim."
+        "auto", description="Entropy target of automatic tuning, between -1e6 and 1e6; `auto` = -action_dim."
     )
-    log_std_min: float = Field(-5.0, description="Lower bound of the policy's log standard deviation.")
-    log_std_max: float = Field(2.0, description="Upper bound of the policy's log standard deviation.")
-    eval_interval: int = Field(5_000, ge=0, description="Evaluate every this many steps; 0 disables.")
-    eval_episodes: int = Field(10, ge=1, description="Episodes per evaluation (deterministic policy).")
-    checkpoint_interval: int = Field(10_000, ge=0, description="Checkpoint every this many steps; 0 disables.")
+    log_std_min: float = Field(
+        -5.0, ge=-20, le=20, description="Lower bound of the policy's log standard deviation (within [-20, 20])."
+    )
+    log_std_max: float = Field(
+        2.0, ge=-20, le=20, description="Upper bound of the policy's log standard deviation (within [-20, 20])."
+    )
+    eval_interval: int = Field(5_000, ge=0, le=MAX_STEPS, description="Evaluate every this many steps; 0 disables.")
+    eval_episodes: int = Field(
+        10, ge=1, le=100_000, description="Episodes per evaluation (deterministic policy; at most 100,000)."
+    )
+    checkpoint_interval: int = Field(
+        10_000, ge=0, le=MAX_STEPS, description="Checkpoint every this many steps; 0 disables."
+    )
     checkpoint_dir: str = Field("checkpoints", description="Folder of `sac_step_{N}.pt` checkpoints.")
     save_replay_buffer: bool = Field(True, description="Store the replay buffer in checkpoints (exact resume).")
     rewind: bool = Field(
@@ -122,15 +196,17 @@ class TrainingParams(_Section):
         "eval/return_mean", description="What `stop_at` compares: the mean eval return, or the optimality ratio "
         "(envs that know their optimum)."
     )
-    seed: int = Field(0, ge=0, description="Seeds python, numpy, torch and the environments.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seeds python, numpy, torch and the environments (0 to 2^32 - 1)."
+    )
     num_envs: int = Field(
-        1, ge=1, description="Environments stepped side by side, each with its own episode and dynamics-map "
-        "history; one batched policy forward acts for all. Steps count every env's transitions, and "
-        "updates_per_step applies per env step."
+        1, ge=1, le=1024, description="Environments stepped side by side (at most 1024), each with its own episode "
+        "and dynamics-map history; one batched policy forward acts for all. Steps count every env's transitions, "
+        "and updates_per_step applies per env step."
     )
     policy_delay: int = Field(
-        1, ge=1, description="Update the policy and alpha once every this many critic updates (TD3/CleanRL "
-        "style; changes the algorithm: 1 is standard SAC)."
+        1, ge=1, le=1_000_000, description="Update the policy and alpha once every this many critic updates "
+        "(TD3/CleanRL style; changes the algorithm: 1 is standard SAC)."
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="`bf16`: forward matmuls under bfloat16 autocast, losses, gradients and weights in "
@@ -143,31 +219,45 @@ class TrainingParams(_Section):
         "uncompiled, with a warning, where compiling fails."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks cuda when available.")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; null keeps torch's default.")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch intra-op threads (at most 1024); null keeps torch's default."
+    )
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _folder(cls, path: str) -> str:
+        return check_path(path)
 
     @field_validator("hidden_sizes", "actor_hidden_sizes", "critic_hidden_sizes")
     @classmethod
     def _positive_layers(cls, sizes: list[int] | None) -> list[int] | None:
-        if sizes is not None and any(size < 1 for size in sizes):
-            raise ValueError(f"every layer size must be >= 1, got {sizes}")
-        return sizes
+        return check_layer_sizes(sizes)
 
     @field_validator("alpha")
     @classmethod
     def _alpha_positive(cls, value: float | str) -> float | str:
-        if not isinstance(value, str) and value <= 0:
-            raise ValueError(f"must be 'auto' or a number > 0, got {value}")
+        if not isinstance(value, str) and not 0 < value <= MAX_FACTOR:
+            raise ValueError(f"must be 'auto' or a number > 0 and <= {MAX_FACTOR:g}, got {value}")
+        return value
+
+    @field_validator("target_entropy")
+    @classmethod
+    def _target_entropy_bounded(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not abs(value) <= MAX_FACTOR:
+            raise ValueError(f"must be 'auto' or a number between {-MAX_FACTOR:g} and {MAX_FACTOR:g}, got {value}")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingParams:
         if self.batch_size > self.buffer_size:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size})"
+                f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size}): lower "
+                f"training.batch_size or raise training.buffer_size"
             )
         if self.log_std_min >= self.log_std_max:
             raise ValueError(
-                f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})"
+                f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max}): lower "
+                f"training.log_std_min or raise training.log_std_max"
             )
         return self
 
@@ -199,7 +289,7 @@ class SafetyConfig(_Section):
         True, description="Replace non-finite observations and rewards from the env by zeros (counted and logged)."
     )
     context_bound: float = Field(
-        1e4, gt=0, description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned)."
+        1e4, gt=0, le=1e30, description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned)."
     )
     reward_normalization: Literal["none", "fixed", "running"] = Field(
         "fixed",
@@ -218,27 +308,38 @@ class SafetyConfig(_Section):
         True, description="Keep each update's starting parameters and, when an update goes non-finite, replay it "
         "to name the first module and batch rows involved.",
     )
-    snapshot_interval: int = Field(1000, ge=1, description="Updates between in-memory snapshots of the last good state.")
+    snapshot_interval: int = Field(
+        1000, ge=1, le=MAX_STEPS, description="Updates between in-memory snapshots of the last good state."
+    )
     state_check_interval: int = Field(
-        100, ge=1, description="Updates between full NaN/Inf scans of parameters, targets and optimizer states; a scan "
+        100, ge=1, le=MAX_STEPS, description="Updates between full NaN/Inf scans of parameters, targets and optimizer states; a scan "
         "also runs after any update with a non-finite or float32-overflowing gradient and before each snapshot. "
         "1: after every update.",
     )
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="Learning rates are multiplied by this at each rollback.")
-    max_rollbacks: int = Field(5, ge=0, description="More rollbacks than this within `rollback_window` steps: stop.")
-    rollback_window: int = Field(10_000, ge=1, description="Env steps over which rollbacks are counted.")
+    max_rollbacks: int = Field(
+        5, ge=0, le=1_000_000, description="More rollbacks than this within `rollback_window` steps: stop."
+    )
+    rollback_window: int = Field(10_000, ge=1, le=MAX_STEPS, description="Env steps over which rollbacks are counted.")
 
 
 class LoggingConfig(_Section):
     """Where and how often metrics are written."""
 
     dir: str = Field("runs/dynsac", description="Run folder: TensorBoard events and metrics.jsonl.")
-    log_interval: int = Field(1_000, ge=1, description="Write training metrics every this many steps.")
+    log_interval: int = Field(1_000, ge=1, le=MAX_STEPS, description="Write training metrics every this many steps.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
     progress: Literal["auto", "bar", "lines", "off"] = Field(
         "auto", description="Console progress: a bar on a terminal, periodic lines otherwise."
     )
-    progress_interval_s: float = Field(10.0, gt=0, description="Seconds between plain progress lines.")
+    progress_interval_s: float = Field(
+        10.0, gt=0, le=86_400, description="Seconds between plain progress lines (at most a day)."
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _folder(cls, path: str) -> str:
+        return check_path(path)
 
 
 class Config(_Section):

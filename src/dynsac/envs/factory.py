@@ -101,6 +101,9 @@ def observation_box(env: gym.Env) -> gym.spaces.Box:
 
 
 def check_spaces(env: gym.Env, env_id: str) -> None:
+    missing = [name for name in ("observation_space", "action_space") if getattr(env, name, None) is None]
+    if missing:
+        raise EnvError(f"env.id = {env_id!r}: the environment defines no {' and no '.join(missing)}")
     obs_space, action_space = observation_box(env), env.action_space
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise EnvError(

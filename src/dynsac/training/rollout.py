@@ -71,6 +71,23 @@ class EvalResult:
         return float(np.sum(self.optimal_returns) / np.sum(self.returns))
 
 
+def evaluate_episodes(env: Any, episodes: int, seed: int, run_episode: Callable[[Any, int], tuple[float, int]]
+                      ) -> EvalResult:
+    """`episodes` episodes of `run_episode(env, seed_i)`, episode i from seed `seed + 1_000_000 + i`
+    (the eval seeds of training, `dynsac eval` and exported controllers alike), with the optimum
+    where the env knows it."""
+    returns, lengths, optimal = [], [], []
+    knows_optimum = hasattr(env.unwrapped, "optimal_return")
+    for episode in range(episodes):
+        episode_seed = seed + 1_000_000 + episode
+        total, length = run_episode(env, episode_seed)
+        returns.append(total)
+        lengths.append(length)
+        if knows_optimum:
+            optimal.append(float(env.unwrapped.optimal_return(seed=episode_seed)))
+    return EvalResult(returns, lengths, optimal if knows_optimum else None)
+
+
 @dataclass
 class ActingCounters:
     sanitized_values: int = 0  # non-finite observation entries and rewards replaced by 0
@@ -250,18 +267,10 @@ class Rollout:
             if self.eval_env is None:
                 self.eval_env = self.make_env(eval_env=True)
             env = self.eval_env
-        returns, lengths, optimal = [], [], []
-        knows_optimum = hasattr(env.unwrapped, "optimal_return")
-        for episode in range(episodes):
-            seed = self.config.training.seed + 1_000_000 + episode
-            total, length = self.run_episode(env, seed)
-            returns.append(total)
-            lengths.append(length)
-            if knows_optimum:
-                optimal.append(float(env.unwrapped.optimal_return(seed=seed)))
+        result = evaluate_episodes(env, episodes, self.config.training.seed, self.run_episode)
         if env is not self.eval_env:
             env.close()
-        return EvalResult(returns, lengths, optimal if knows_optimum else None)
+        return result
 
     def run_episode(self, env: Any, seed: int) -> tuple[float, int]:
         """One deterministic-policy episode from `env.reset(seed=seed)`: (return, length)."""

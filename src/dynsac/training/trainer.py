@@ -35,6 +35,7 @@ from dynsac.training.callbacks import Callback, EarlyWarnings, callbacks_from_co
 from dynsac.training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from dynsac.training.lineage import Lineage, prepare_checkpoint_dir
 from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
+from dynsac.training.resources import check_resources
 from dynsac.training.rollout import EnvSlot, EvalResult, Rollout
 
 __all__ = ["EvalResult", "SACTrainer", "TrainResult", "resolve_device"]
@@ -125,6 +126,7 @@ class SACTrainer:
         box, actions = observation_box(envs[0]), envs[0].action_space
         self.obs_dim, self.action_dim = int(box.shape[0]), int(actions.shape[0])
         self.context_dim = run_state.context_dim(config, first[0][1])
+        check_resources(config, self.obs_dim, self.action_dim, self.context_dim)
         self.agent = build_agent(config, self.obs_dim, self.action_dim, self.context_dim, actions.low,
                                  actions.high).to(self.device)
         stored_context_dim = self.context_dim if config.context.source == "env" else 0
