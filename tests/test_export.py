@@ -214,3 +214,33 @@ def test_export_without_the_extra_names_it(exported, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match=r"needs onnxscript, which are not installed: pip install 'dynsac\[export\]'"):
         export_controller(exported["none"]["pt"], tmp_path / "ctrl.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_fixed_batch_size_is_in_the_graph_and_the_spec(exported, tmp_path):
+    import onnxruntime
+
+    out = export_controller(exported["env"]["pt"], tmp_path / "fixed.onnx", batch_size=4)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [[4, 3], [4, 2]]
+    spec = json.loads(out.with_suffix(".json").read_text())  # strict JSON: no Infinity for a C++ parser
+    assert spec["batch_size"] == 4 and spec["inputs"][1]["shape"] == [4, 2] and spec["outputs"][2]["shape"] == [4]
+    assert load_controller(out).act(np.zeros((4, 3)), {"context": np.zeros((4, 2))}).shape == (4, 1)
+
+
+def test_the_docs_example_runs(tmp_path, monkeypatch, capsys):
+    """docs/export.md's example, shortened to 300 steps and run in a fresh folder."""
+    from conftest import REPO_ROOT
+
+    page = (REPO_ROOT / "docs" / "export.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 20
+    code = code.replace('"configs/random_pendulum.yaml", ["training.total_steps=20000"]',
+                        f'"{REPO_ROOT / "configs/random_pendulum.yaml"}", ["training.total_steps=300", '
+                        '"training.learning_starts=100", "training.hidden_sizes=[32]", "logging.progress=off", '
+                        '"context.encoder_hidden_sizes=[16]", "context.model_hidden_sizes=[16]", '
+                        '"training.eval_episodes=1", "logging.tensorboard=false"]')
+    assert "total_steps=300" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/export.md", "exec"), {})
+    total = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.isfinite(total) and (tmp_path / "pendulum.onnx").is_file()

@@ -136,8 +136,11 @@ class Controller:
 
 
 # ----------------------------------------------------------------- loading
-def load_controller(path: str | Path, device: str = "cpu") -> Controller:
-    """A `Controller` from a checkpoint (`.pt`), an ONNX graph (`.onnx`) or a torch program (`.pt2`)."""
+def load_controller(path: str | Path, device: str = "cpu", threads: int | None = None) -> Controller:
+    """A `Controller` from a checkpoint (`.pt`), an ONNX graph (`.onnx`) or a torch program (`.pt2`).
+
+    `threads`: onnxruntime's intra-op threads for an `.onnx` file (default: its own choice, all
+    cores); torch's are set process-wide with `torch.set_num_threads`."""
     path = Path(path)
     if path.suffix not in (".pt", ".onnx", ".pt2"):
         raise CheckpointError(f"{path}: unknown suffix {path.suffix!r}; expected .pt (a checkpoint), .onnx or .pt2 "
@@ -149,7 +152,7 @@ def load_controller(path: str | Path, device: str = "cpu") -> Controller:
         return Controller(_torch_backend(module.to(device), device), spec, module)
     if path.suffix == ".pt2":
         return _load_pt2(path, device)
-    return _load_onnx(path, device)
+    return _load_onnx(path, device, threads)
 
 
 def module_from_checkpoint(path: Path, env: Any = None) -> tuple[ControllerModule, dict[str, Any]]:
@@ -190,14 +193,17 @@ def _load_pt2(path: Path, device: str) -> Controller:
     return Controller(_torch_backend(program.module().to(device), device), spec)
 
 
-def _load_onnx(path: Path, device: str) -> Controller:
+def _load_onnx(path: Path, device: str, threads: int | None) -> Controller:
     try:
         import onnxruntime
     except ImportError:
         raise CheckpointError(f"{path}: running an .onnx controller needs onnxruntime: {EXPORT_EXTRA_HINT}") from None
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise CheckpointError(f"{path}: not a readable ONNX graph (truncated or corrupt?): "
                               f"{str(err).splitlines()[0]}") from None

@@ -23,7 +23,7 @@ import torch
 from dynsac.envs.factory import EnvFactory, make_env
 from dynsac.export.controller import EXPORT_EXTRA_HINT, module_from_checkpoint
 from dynsac.export.module import OUTPUT_NAMES, ControllerModule
-from dynsac.export.spec import SPEC_KEY, sidecar_path
+from dynsac.export.spec import SPEC_KEY, fix_batch_size, sidecar_path
 from dynsac.training.checkpoint import load_checkpoint
 
 MAX_DYNAMIC_BATCH = 1 << 20
@@ -47,7 +47,7 @@ def export_controller(checkpoint: str | Path, out: str | Path, batch_size: int |
     env = _rebuild_env(checkpoint, env_fn)
     module, spec = module_from_checkpoint(checkpoint, env)
     env.close()
-    spec["batch_size"] = fixed
+    fix_batch_size(spec, fixed)
     example = _example_inputs(spec, fixed or 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.stem}.tmp{out.suffix}")  # torch.export wants the suffix
@@ -55,7 +55,7 @@ def export_controller(checkpoint: str | Path, out: str | Path, batch_size: int |
         (_write_onnx if out.suffix == ".onnx" else _write_pt2)(module, example, fixed, spec, temporary)
         sidecar = sidecar_path(out)
         sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-        sidecar_tmp.write_text(json.dumps(spec, indent=1) + "\n")
+        sidecar_tmp.write_text(json.dumps(spec, indent=1, allow_nan=False) + "\n")
         os.replace(temporary, out)
         os.replace(sidecar_tmp, sidecar)
     finally:
@@ -128,7 +128,7 @@ def _write_pt2(module: ControllerModule, example: tuple, fixed: int | None, spec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.export.export(module, example, dynamic_shapes=_dynamic_shapes(module, fixed))
-    torch.export.save(program, str(path), extra_files={f"{SPEC_KEY}.json": json.dumps(spec)})
+    torch.export.save(program, str(path), extra_files={f"{SPEC_KEY}.json": json.dumps(spec, allow_nan=False)})
 
 
 def _write_onnx(module: ControllerModule, example: tuple, fixed: int | None, spec: dict[str, Any], path: Path) -> None:
@@ -140,5 +140,5 @@ def _write_onnx(module: ControllerModule, example: tuple, fixed: int | None, spe
                                     output_names=list(OUTPUT_NAMES), dynamic_shapes=_dynamic_shapes(module, fixed))
     model = program.model_proto
     entry = model.metadata_props.add()
-    entry.key, entry.value = SPEC_KEY, json.dumps(spec)
+    entry.key, entry.value = SPEC_KEY, json.dumps(spec, allow_nan=False)
     onnx.save(model, str(path))

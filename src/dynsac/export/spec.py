@@ -26,8 +26,10 @@ def history_features(obs_dim: int, action_dim: int) -> list[str]:
 
 
 def _space(low: Any, high: Any, shape: tuple[int, ...]) -> dict[str, Any]:
-    def plain(values: Any) -> list[float] | None:
-        return None if values is None else [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+    def plain(values: Any) -> list[float | None] | None:  # JSON has no Infinity: an unbounded entry is null
+        if values is None:
+            return None
+        return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).reshape(-1)]
 
     return {"shape": list(shape), "low": plain(low), "high": plain(high)}
 
@@ -71,6 +73,14 @@ def build_spec(payload: dict[str, Any], config: Config, context_dim: int, input_
         "batch_size": None,
         "config": payload["config"],
     }
+
+
+def fix_batch_size(spec: dict[str, Any], batch_size: int | None) -> None:
+    """Record a fixed batch size in the spec, in its shapes too."""
+    spec["batch_size"] = batch_size
+    if batch_size is not None:
+        for item in spec["inputs"] + spec["outputs"]:
+            item["shape"] = [batch_size if dim == "batch" else dim for dim in item["shape"]]
 
 
 def sidecar_path(path: Path) -> Path:
