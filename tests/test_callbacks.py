@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -65,7 +66,7 @@ def test_stop_at_target_stops_cleanly_with_a_checkpoint_and_the_reason(tiny_conf
     assert result.steps == 200 and not result.interrupted and result.stop_reason is None
     assert result.early_stop.startswith("eval/return_mean = ") and "reached the target -1e+09 at step 200" in result.early_stop
     assert result.last_checkpoint.name == "sac_step_200.pt" and load_checkpoint(result.last_checkpoint)["step"] == 200
-    summary = json.loads((trainer.logger.run_dir / "summary.json").read_text())
+    summary = json.loads((Path(trainer.config.logging.dir) / "summary.json").read_text())
     assert summary["early_stop"] == result.early_stop and summary["steps"] == 200
 
 

@@ -111,3 +111,110 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path, subprocess_env):
     assert result.returncode == 2
     assert "training.tau = 3: out of range; allowed: 0 < value <= 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- bounds and resources
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("context.encoder_hidden_sizes=[256,-4]",
+         "context.encoder_hidden_sizes = [256, -4]: every layer size must be >= 1"),
+        ("context.model_hidden_sizes=[0]", "context.model_hidden_sizes = [0]: every layer size must be >= 1"),
+        ("training.critic_hidden_sizes=[65537]", "training.critic_hidden_sizes = [65537]: every layer size must be"),
+        ("training.num_envs=999999999999",
+         "training.num_envs = 999999999999: out of range; allowed: 1 <= value <= 1024"),
+        ("context.history_length=10001", "context.history_length = 10001: out of range; allowed: 1 <= value <= 10000"),
+        ("training.alpha=.nan", "training.alpha"),
+        ("training.stop_at=.inf", "training.stop_at = inf: Input should be a finite number"),
+        ("training.seed=4294967296", "training.seed = 4294967296: out of range"),
+        ("logging.dir=''", "logging.dir = '': must name a folder"),
+    ],
+)
+def test_sizes_and_floats_the_trainer_cannot_honour_are_refused(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert expected in str(err.value)
+
+
+def test_a_list_of_too_many_layers_is_refused():
+    with pytest.raises(ConfigError, match=r"training.hidden_sizes = \[8, .*at most 16 items"):
+        load_config(None, ["training.hidden_sizes=[" + ",".join(["8"] * 17) + "]"])
+
+
+def test_a_replay_buffer_that_cannot_fit_is_refused_up_front(tiny_config, monkeypatch):
+    from dynsac.training import SACTrainer, resources
+
+    monkeypatch.setattr(resources, "host_memory_available", lambda: (2_000_000_000, "a test's 2 GB"))
+    # 10^12 transitions: were the check missing, the allocation itself would fail at once.
+    config = tiny_config(**{"training.buffer_size": 10**12, "training.device": "cpu"})
+    with pytest.raises(ConfigError) as err:
+        SACTrainer(config)
+    message = str(err.value)
+    assert message.startswith("training.buffer_size = 1000000000000: the replay buffer would take 45.0 TB")
+    assert "obs 12.0 TB" in message and "episode_id 8.0 TB" in message
+    assert "but 2.0 GB (2,000,000,000 bytes) are available (a test's 2 GB)" in message
+    most = int(message.split("at most ~")[1].split(" ")[0].replace(",", ""))
+    assert 40_000_000 < most < 2_000_000_000 // 45
+    assert "lower training.buffer_size" in message and " bytes) of host memory" in message
+    # The largest buffer it names fits, one more does not (checked without allocating either).
+    resources.check_resources(tiny_config(**{"training.buffer_size": most, "training.device": "cpu"}), 3, 1, 0)
+    with pytest.raises(ConfigError):
+        resources.check_resources(tiny_config(**{"training.buffer_size": most + 1, "training.device": "cpu"}), 3, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, knob",
+    [
+        ({"training.hidden_sizes": "[65536, 65536]"}, "training.hidden_sizes = [65536, 65536]: the critics"),
+        ({"training.actor_hidden_sizes": "[65536, 65536]"}, "training.actor_hidden_sizes = [65536, 65536]: the policy"),
+        ({"context.source": "learned", "context.encoder_hidden_sizes": "[65536, 65536]"},
+         "context.encoder_hidden_sizes = [65536, 65536]: the dynamics-map encoder"),
+        ({"context.source": "learned", "context.history_length": 10_000, "training.batch_size": 100_000,
+          "training.buffer_size": 100_000}, "training.batch_size = 100000: one update's working memory"),
+    ],
+)
+def test_networks_and_batches_that_cannot_fit_name_their_field(tiny_config, monkeypatch, overrides, knob):
+    from dynsac.training import resources
+
+    monkeypatch.setattr(resources, "host_memory_available", lambda: (2_000_000_000, "a test's 2 GB"))
+    config = tiny_config(**{"training.device": "cpu", **overrides})
+    with pytest.raises(ConfigError) as err:
+        resources.check_resources(config, obs_dim=3, action_dim=1, context_dim=config.context.dim
+                                  if config.context.source == "learned" else 0)
+    assert str(err.value).startswith(knob)
+    assert "GB" in str(err.value) and "bytes) are available" in str(err.value)
+
+
+def test_memory_estimate_matches_what_is_allocated(tiny_config):
+    from dynsac.training import SACTrainer
+    from dynsac.training.resources import estimate_memory
+
+    for extra in ({}, {"context.source": "learned", "context.history_length": 4},
+                  {"env.id": "dynsac/RandomPendulum-v0", "context.source": "env", "training.critic_layer_norm": True}):
+        trainer = SACTrainer(tiny_config(**{"training.device": "cpu", **extra}))
+        parts = {part.name: part for part in estimate_memory(trainer.config, trainer.obs_dim, trainer.action_dim,
+                                                             trainer.context_dim)}
+        assert parts["the replay buffer"].nbytes == trainer.buffer.nbytes()
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        assert f"{count(trainer.agent.policy):,} parameters" in parts["the policy"].detail
+        assert f"{count(trainer.agent.critic):,} parameters" in parts["the critics"].detail
+        if trainer.agent.dynamics_map is not None:
+            encoder = count(trainer.agent.dynamics_map.encoder)
+            assert f"{encoder:,} parameters" in parts["the dynamics-map encoder"].detail
+
+
+def test_on_cuda_the_device_memory_is_what_the_buffer_must_fit(tiny_config, monkeypatch):
+    """Without a GPU here: the CUDA path with its free memory faked (buffer, networks and batches
+    live on the device, the acting windows on the host)."""
+    from dynsac.training import resources
+
+    monkeypatch.setattr(resources, "_uses_cuda", lambda config: True)
+    monkeypatch.setattr(resources, "device_memory_available", lambda: (1_000_000_000, "free memory of CUDA device 0"))
+    monkeypatch.setattr(resources, "host_memory_available", lambda: (10**15, "plenty"))
+    config = tiny_config(**{"training.buffer_size": 10**9})
+    with pytest.raises(ConfigError, match=r"training.buffer_size = 1000000000: .* of CUDA device memory, but 1.0 GB "
+                                          r"\(1,000,000,000 bytes\) are available \(free memory of CUDA device 0\)"):
+        resources.check_resources(config, 3, 1, 0)
+    monkeypatch.setattr(resources, "host_memory_available", lambda: (100, "almost none"))
+    with pytest.raises(ConfigError, match=r"context.history_length = 4: the acting windows .* of host memory"):
+        resources.check_resources(tiny_config(**{"context.source": "learned", "context.history_length": 4}), 3, 1, 10)

@@ -203,3 +203,21 @@ def test_bf16_precision_trains_with_fp32_weights(tmp_path, tiny_config):
     assert all(p.dtype == torch.float32 for p in trainer.agent.parameters())
     record = [r for r in read_metrics(tmp_path / "run") if "train/q_mean" in r][-1]
     assert np.isfinite(record["train/q_mean"]) and np.isfinite(record["train/critic_loss"])
+
+
+def test_bad_eval_kwargs_fail_at_construction_naming_them(tiny_config):
+    from dynsac.envs.factory import EnvError
+
+    config = tiny_config(**{"env.id": "dynsac/RandomPendulum-v0", "env.eval_kwargs": "{no_such_kwarg: 1}"})
+    with pytest.raises(EnvError, match=r"env.eval_kwargs = \{'no_such_kwarg': 1\} \(over env.kwargs\) do not build"):
+        SACTrainer(config)
+
+
+def test_a_reward_beyond_float32_is_stored_as_inf_and_repaired(tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.total_steps": 150}))
+    trainer.train(120)
+    trainer.buffer.add(np.zeros(3), np.zeros(1), 1e39, np.zeros(3), False, False, 0)  # finite, past float32
+    assert torch.isinf(trainer.buffer.reward[(trainer.buffer.position - 1) % trainer.buffer.capacity])
+    while trainer.agent.skipped_steps == 0 and trainer.step < 400:
+        trainer.train_step()  # without train(): logs without a run folder
+    assert trainer.supervisor.repaired_values >= 1 and trainer.supervisor.nonfinite_state() == []

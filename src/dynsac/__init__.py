@@ -1,19 +1,33 @@
-"""dynsac: Soft Actor-Critic conditioned on a dynamics map, built never to die of NaN."""
+"""dynsac: Soft Actor-Critic conditioned on a dynamics map, built never to die of NaN.
 
-import os
+The public names load on first use: `import dynsac` (and the `dynsac` command's start) does not
+import torch, so the command line can choose the OpenMP thread and wait policy before torch's
+OpenMP runtime starts (`dynsac.runtime`). Importing dynsac changes no environment variable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dynsac.version import __version__
+
+_PUBLIC = {
+    "Config": "dynsac.config", "TrainingParams": "dynsac.config", "load_config": "dynsac.config",
+    "GaussianPolicy": "dynsac.sac", "SACTrainer": "dynsac.training",
+    "Controller": "dynsac.export", "load_controller": "dynsac.export",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
 
 
-# Spinning OpenMP workers turn a 2-thread update into a crawl whenever another process holds a core
-# (measured on 2 cores beside one busy process: 0.6 vs 22 steps/s). Sleeping workers cost little
-# when the machine is idle. Only effective when dynsac is imported before torch; a user's own
-# setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dynsac' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
 
-from dynsac.version import __version__  # noqa: E402
-from dynsac.config import Config, TrainingParams, load_config  # noqa: E402
-from dynsac.sac import GaussianPolicy  # noqa: E402
-from dynsac.training import SACTrainer  # noqa: E402
-from dynsac.export import Controller, load_controller  # noqa: E402
 
-__all__ = ["Config", "Controller", "GaussianPolicy", "SACTrainer", "TrainingParams", "__version__", "load_config",
-           "load_controller"]
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -109,7 +109,10 @@ def _describe(error: Mapping[str, Any]) -> str:
         message = f"out of range; allowed: {allowed}"
     if isinstance(error.get("input"), Mapping):
         return f"{path}: {message}"
-    return f"{path} = {error.get('input')!r}: {message}"
+    shown = repr(error.get("input"))
+    if len(shown) > 200:  # a pasted blob: enough to recognise it
+        shown = f"{shown[:120]}... ({len(shown):,} characters)"
+    return f"{path} = {shown}: {message}"
 
 
 def _allowed_range(loc: tuple[Any, ...]) -> str:

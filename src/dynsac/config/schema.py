@@ -89,7 +89,9 @@ class ContextConfig(_Section):
         description="`none`: plain SAC; `env`: the env's `info['context']` or Dict observation "
         "`{obs, context}`; `learned`: the dynamics-map encoder over the last transitions.",
     )
-    dim: int = Field(10, ge=1, le=4096, description="Size of the learned context vector (`learned` only; at most 4096).")
+    dim: int = Field(
+        10, ge=1, le=4096, description="Size of the learned context vector (`learned` only; at most 4096)."
+    )
     history_length: int = Field(
         10, ge=1, le=10_000, description="Transitions K in the encoder's window (`learned` only; at most 10,000)."
     )
@@ -129,14 +131,14 @@ class TrainingParams(_Section):
     gamma: float = Field(0.99, ge=0, lt=1, description="Discount factor, in [0, 1).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak coefficient of the target critics, in (0, 1].")
     reward_scale: float = Field(
-        1.0, gt=0, le=1e30, description="Rewards are multiplied by this before storage (at most 1e30, so that "
-        "stored float32 rewards stay finite)."
+        1.0, gt=0, le=1e30, description="Rewards are multiplied by this before storage (at most 1e30: they are "
+        "stored as float32, which ends at ~3.4e38)."
     )
     max_grad_norm: float | None = Field(
         None, gt=0, description="Clip each network's gradient to this global norm; null: no clipping."
     )
     batch_size: int = Field(
-        256, ge=1, le=10_000_000, description="Transitions per gradient update (at most buffer_size)."
+        256, ge=1, le=10_000_000, description="Transitions per gradient update (at most buffer_size, and 10,000,000)."
     )
     buffer_size: int = Field(
         1_000_000, ge=1, le=MAX_STEPS, description="Replay buffer capacity (transitions), preallocated: a buffer "
@@ -289,7 +291,8 @@ class SafetyConfig(_Section):
         True, description="Replace non-finite observations and rewards from the env by zeros (counted and logged)."
     )
     context_bound: float = Field(
-        1e4, gt=0, le=1e30, description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned)."
+        1e4, gt=0, le=1e30,
+        description="A context with NaN/Inf or any |entry| above this falls back to zeros (counted, warned).",
     )
     reward_normalization: Literal["none", "fixed", "running"] = Field(
         "fixed",
@@ -312,9 +315,9 @@ class SafetyConfig(_Section):
         1000, ge=1, le=MAX_STEPS, description="Updates between in-memory snapshots of the last good state."
     )
     state_check_interval: int = Field(
-        100, ge=1, le=MAX_STEPS, description="Updates between full NaN/Inf scans of parameters, targets and optimizer states; a scan "
-        "also runs after any update with a non-finite or float32-overflowing gradient and before each snapshot. "
-        "1: after every update.",
+        100, ge=1, le=MAX_STEPS, description="Updates between full NaN/Inf scans of parameters, targets and optimizer "
+        "states; a scan also runs after any update with a non-finite or float32-overflowing gradient and before each "
+        "snapshot. 1: after every update.",
     )
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="Learning rates are multiplied by this at each rollback.")
     max_rollbacks: int = Field(

@@ -92,7 +92,9 @@ class ReplayBuffer:
             self.next_context[slot] = torch.as_tensor(next_context, dtype=torch.float32)
         self.obs[slot] = torch.as_tensor(obs, dtype=torch.float32)
         self.action[slot] = torch.as_tensor(action, dtype=torch.float32)
-        self.reward[slot] = float(reward)
+        # Through a float32 tensor: a finite reward beyond float32's range is stored as Inf (which the
+        # safety layer then sees and repairs) instead of failing the assignment.
+        self.reward[slot] = torch.tensor(reward, dtype=torch.float32)
         self.next_obs[slot] = torch.as_tensor(next_obs, dtype=torch.float32)
         self.terminated[slot] = float(terminated)
         self.truncated[slot] = bool(truncated)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dynsac.config import Config, ConfigError
 
 __all__ = ["MemoryPart", "check_resources", "estimate_memory", "host_memory_available", "device_memory_available"]
@@ -189,8 +191,6 @@ def host_memory_available() -> tuple[int, str] | None:
 
 def device_memory_available() -> tuple[int, str] | None:
     """Free bytes of the current CUDA device (`torch.cuda.mem_get_info`)."""
-    import torch
-
     try:
         free, _total = torch.cuda.mem_get_info()
     except (RuntimeError, AssertionError, AttributeError):
@@ -199,8 +199,6 @@ def device_memory_available() -> tuple[int, str] | None:
 
 
 def _uses_cuda(config: Config) -> bool:
-    import torch
-
     return config.training.device != "cpu" and torch.cuda.is_available()
 
 

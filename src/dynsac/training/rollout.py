@@ -20,7 +20,7 @@ from torch import Tensor
 from dynsac.config import Config
 from dynsac.context import ContextTracker, split_observation
 from dynsac.context.guard import guard_context
-from dynsac.envs.factory import EnvFactory, make_env
+from dynsac.envs.factory import EnvError, EnvFactory, make_env
 from dynsac.envs.state import capture_env_state, restore_env_state
 from dynsac.events import EventReporter, first_few_then_rarely
 from dynsac.safety import sanitize_observation, sanitize_reward
@@ -117,7 +117,19 @@ class Rollout:
     def make_env(self, eval_env: bool = False, env_kwargs: dict[str, Any] | None = None) -> Any:
         env_cfg = self.config.env
         kwargs = {**env_cfg.kwargs, **(env_cfg.eval_kwargs if eval_env else {}), **(env_kwargs or {})}
-        return make_env(env_cfg.id, kwargs, env_cfg.max_episode_steps, self.env_fn)
+        try:
+            return make_env(env_cfg.id, kwargs, env_cfg.max_episode_steps, self.env_fn)
+        except EnvError as err:
+            if not (eval_env and env_cfg.eval_kwargs):
+                raise
+            raise EnvError(f"env.eval_kwargs = {env_cfg.eval_kwargs!r} (over env.kwargs) do not build the evaluation "
+                           f"env: {err}") from None
+
+    def check_eval_env(self) -> None:
+        """Build the evaluation env now, so that bad `env.eval_kwargs` fail before training, not at the
+        first evaluation."""
+        if self.eval_env is None and self.config.env.eval_kwargs:
+            self.eval_env = self.make_env(eval_env=True)
 
     def start(self, envs: list[Any], first: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
         """Take the training envs and their first (observation, env context)."""

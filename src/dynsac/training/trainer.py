@@ -135,6 +135,7 @@ class SACTrainer:
         self.reward_normalizer = RewardNormalizer(config.safety.reward_normalization)
         self.rollout = Rollout(config, self.agent, self.device, self.events, self.warmup_rng, env_fn)
         self.rollout.start(envs, first)
+        self.rollout.check_eval_env()
         self.supervisor = UpdateSupervisor(self.agent, self.buffer, config.safety, self.events)
         self.early_warnings = EarlyWarnings(self.agent.target_entropy if self.agent.auto_alpha else None)
         self.callbacks: list[Callback] = [self.early_warnings, *callbacks_from_config(config), *callbacks]
@@ -178,8 +179,8 @@ class SACTrainer:
 
     # ----------------------------------------------------------------- one step of the algorithm
     def train_step(self) -> None:
-        """One env step in every env, its updates and, on schedule, the training log line (needs
-        `self.logger`, which `train` opens)."""
+        """One env step in every env, its updates and, on schedule, the training log line (written
+        to the run folder when `train` has opened it)."""
         self.collect_step()
         if self.step >= self.config.training.learning_starts:
             for _ in range(self.config.training.updates_per_step * len(self.slots)):  # the same per env step
@@ -282,6 +283,7 @@ class SACTrainer:
         for callback in self.callbacks:
             callback.on_train_end(self, result)
         self.logger.close()
+        self.logger = None
         if self.stop_reason is not None:
             self.events.say(self.stop_reason)
         elif self.early_stop is not None:
@@ -308,7 +310,8 @@ class SACTrainer:
                        f"(context/abs_max {scalars.get('context/abs_max', float('nan')):.3g})")
             self.events.report(step, "context_fallback", message)
             self._reported_context_fallbacks = learning_fallbacks
-        self.logger.log(step, scalars)
+        if self.logger is not None:  # None when train_step() runs outside train()
+            self.logger.log(step, scalars)
         for callback in self.callbacks:
             callback.on_log(self, step, scalars)
 
