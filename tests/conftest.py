@@ -31,6 +31,7 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
         "logging.dir": str(tmp_path / "run"),
         "logging.log_interval": 100,
         "logging.progress": "off",
+        "training.torch_threads": 1,  # tests run side by side: no thread governor
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]

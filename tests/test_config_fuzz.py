@@ -58,7 +58,7 @@ SPECIFIC: dict[str, list[str]] = {
     "training.batch_size": ["100", "101"],
     "training.buffer_size": ["7", "1000000000000", "10000000000000"],
     "training.num_envs": ["3", "1025"],
-    "training.torch_threads": ["1", "1025"],
+    "training.torch_threads": ["1", "1025", "auto", "null"],
     "training.seed": ["4294967295", "4294967296"],
 }
 # A seeded sample of further values (ordinary and edge numbers), the same on every run.
@@ -221,7 +221,7 @@ def test_hostile_values_train_or_are_refused_by_name(section, tmp_path, monkeypa
 # with 'auto'), or only by being finite (any finite value is honoured: a clipping norm, a Huber
 # threshold, an early-stopping target). Every float of every section must be finite.
 BOUNDED_OTHERWISE = {"training.alpha", "training.target_entropy", "training.max_grad_norm", "training.huber_delta",
-                     "training.stop_at"}
+                     "training.stop_at", "training.torch_threads"}  # torch_threads: its int branch carries le=1024
 
 
 def test_every_numeric_field_is_bounded():

@@ -1,6 +1,7 @@
 """End to end: the reference entry point, logging, evaluation, progress, env handling."""
 
 import io
+import re
 import subprocess
 import sys
 
@@ -172,11 +173,45 @@ def test_fresh_run_refuses_another_runs_log_folder(tmp_path, tiny_config):
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
 
-def test_openmp_workers_sleep_unless_the_user_chose(subprocess_env):
-    code = "import os, dynsac, torch; print(os.environ['OMP_WAIT_POLICY'])"
+def test_importing_dynsac_loads_no_torch_and_sets_no_environment(subprocess_env):
+    code = ("import os, sys, dynsac; before = dict(os.environ); dynsac.SACTrainer; "
+            "print('torch' in sys.modules, os.environ == before, os.environ.get('OMP_WAIT_POLICY'))")
     env = {k: v for k, v in subprocess_env.items() if k != "OMP_WAIT_POLICY"}
-    assert run(["-c", code], env).stdout.strip() == "PASSIVE"
-    assert run(["-c", code], {**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip() == "ACTIVE"
+    code = code.replace("dynsac.SACTrainer; ", "print('torch' in sys.modules); dynsac.SACTrainer; ")
+    lines = run(["-c", code], env).stdout.split()
+    assert lines == ["False", "True", "True", "None"]
+
+
+def test_thread_governor_gives_way_to_busy_processes():
+    from dynsac.training.threads import BusyOthers, threads_for
+
+    assert [threads_for(2, busy) for busy in (0.0, 0.4, 0.6, 1.0, 3.0)] == [2, 2, 1, 1, 1]
+    assert threads_for(16, 4.2) == 12
+    others = BusyOthers()
+    competitor = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        import time
+
+        time.sleep(1.0)
+        others.read()
+        time.sleep(1.0)
+        assert others.read() > 0.5
+    finally:
+        competitor.kill()
+
+
+def test_auto_threads_are_announced_and_logged(tmp_path, tiny_config, capsys):
+    trainer = SACTrainer(tiny_config(**{"training.torch_threads": "auto", "training.total_steps": 100,
+                                        "logging.progress": "lines"}))
+    before = torch.get_num_threads()
+    try:
+        trainer.train()
+        assert re.search(r"\[dynsac\] torch threads: \d of \d cores \(training.torch_threads: auto; ",
+                         capsys.readouterr().out)
+        (event,) = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "threads"]
+        assert event["threads"] == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_critic_options_train(tiny_config):

@@ -12,7 +12,7 @@ replay buffer and the networks fit in memory) is checked when the trainer is bui
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -221,8 +221,10 @@ class TrainingParams(_Section):
         "uncompiled, with a warning, where compiling fails."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks cuda when available.")
-    torch_threads: int | None = Field(
-        None, ge=1, le=1024, description="torch intra-op threads (at most 1024); null keeps torch's default."
+    torch_threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = Field(
+        "auto", description="torch intra-op threads (at most 1024). `auto`: all cores while the "
+        "machine is otherwise idle, fewer while other processes keep cores busy (re-measured every log interval); "
+        "null keeps torch's default."
     )
 
     @field_validator("checkpoint_dir")

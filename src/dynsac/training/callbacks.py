@@ -104,8 +104,13 @@ class KeepBestCheckpoint(Callback):
 
 
 def callbacks_from_config(config: Config) -> list[Callback]:
-    """The built-in callbacks `config.training` switches on (`keep_best_checkpoint`, `stop_at`)."""
+    """The built-in callbacks `config.training` switches on (`torch_threads: auto`, `keep_best_checkpoint`,
+    `stop_at`)."""
     params, chosen = config.training, []
+    if params.torch_threads == "auto":
+        from dynsac.training.threads import ThreadGovernor
+
+        chosen.append(ThreadGovernor())
     if params.keep_best_checkpoint:
         chosen.append(KeepBestCheckpoint())
     if params.stop_at is not None:

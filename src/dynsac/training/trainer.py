@@ -115,7 +115,7 @@ class SACTrainer:
     def __init__(self, config: Config, callbacks: Sequence[Callback] = (), env_fn: EnvFactory | None = None) -> None:
         self.config, self.env_fn = config, env_fn
         params = config.training
-        if params.torch_threads:
+        if isinstance(params.torch_threads, int):
             torch.set_num_threads(params.torch_threads)
         self.device = resolve_device(params.device)
         seed_everything(params.seed)
