@@ -73,7 +73,7 @@ BUILD_ONLY: dict[str, Callable[[Any], bool]] = {
     "training.compile": lambda value: value is True,
     "training.num_envs": lambda value: value > 64,
     "training.updates_per_step": lambda value: value > 64,
-    "training.torch_threads": lambda value: value is not None and value > 16,
+    "training.torch_threads": lambda value: isinstance(value, int) and value > 16,
 }
 
 BASE: dict[str, str] = {
