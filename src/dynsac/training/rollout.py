@@ -97,6 +97,19 @@ class ActingCounters:
     finished_lengths: list[int] = field(default_factory=list)
 
 
+def make_training_envs(config: Config, env_fn: EnvFactory | None = None
+                       ) -> tuple[list[Any], list[tuple[np.ndarray, np.ndarray | None]]]:
+    """`training.num_envs` envs, seeded `seed + i`, and their first (observation, env context)."""
+    env_cfg, seed = config.env, config.training.seed
+    envs = [make_env(env_cfg.id, env_cfg.kwargs, env_cfg.max_episode_steps, env_fn)
+            for _ in range(config.training.num_envs)]
+    first = []
+    for index, env in enumerate(envs):
+        env.action_space.seed(seed + index)
+        first.append(split_observation(*env.reset(seed=seed + index)))
+    return envs, first
+
+
 class Rollout:
     """The training envs of `config` and the agent's acting on them."""
 

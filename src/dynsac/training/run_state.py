@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dynsac.config import Config
+from dynsac.config import Config, ConfigError
 from dynsac.context import ContextTracker
 from dynsac.envs.factory import factory_name
 from dynsac.training.checkpoint import CheckpointError
@@ -30,6 +30,20 @@ def context_dim(config: Config, env_context: np.ndarray | None) -> int:
         ContextTracker("env", 1, 1, 1, config.env.id).reset(env_context)  # raises if missing
         return int(env_context.shape[0])
     return 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device = 'cuda': no CUDA device is available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------- folders

@@ -8,7 +8,6 @@ states plus the counters and the random generators.
 
 from __future__ import annotations
 
-import random
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -20,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynsac.config import Config, ConfigError, apply_override, validate_config
-from dynsac.context import ContextTracker, split_observation
-from dynsac.envs.factory import EnvFactory, make_env, observation_box
+from dynsac.config import Config, apply_override, validate_config
+from dynsac.context import ContextTracker
+from dynsac.envs.factory import EnvFactory, observation_box
 from dynsac.events import EventReporter
 from dynsac.safety.diagnosis import build_diagnosis, resume_command, stop_reason, write_diagnosis
 from dynsac.safety.reward_scale import RewardNormalizer
@@ -36,9 +35,10 @@ from dynsac.training.checkpoint import CheckpointError, checkpoint_path, list_ch
 from dynsac.training.lineage import Lineage, prepare_checkpoint_dir
 from dynsac.training.logger import MetricAccumulator, Progress, RunLogger
 from dynsac.training.resources import check_resources
-from dynsac.training.rollout import EnvSlot, EvalResult, Rollout
+from dynsac.training.rollout import EnvSlot, EvalResult, Rollout, make_training_envs
+from dynsac.training.run_state import resolve_device, seed_everything
 
-__all__ = ["EvalResult", "SACTrainer", "TrainResult", "resolve_device"]
+__all__ = ["EvalResult", "SACTrainer", "TrainResult"]
 
 
 @dataclass
@@ -51,33 +51,6 @@ class TrainResult:
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     stop_reason: str | None = None  # set when the safety policy stopped the run
     early_stop: str | None = None  # set when a callback stopped the run
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device = 'cuda': no CUDA device is available here; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_training_envs(config: Config, env_fn: EnvFactory | None = None
-                       ) -> tuple[list[Any], list[tuple[np.ndarray, np.ndarray | None]]]:
-    """`training.num_envs` envs, seeded `seed + i`, and their first (observation, env context)."""
-    env_cfg, seed = config.env, config.training.seed
-    envs = [make_env(env_cfg.id, env_cfg.kwargs, env_cfg.max_episode_steps, env_fn)
-            for _ in range(config.training.num_envs)]
-    first = []
-    for index, env in enumerate(envs):
-        env.action_space.seed(seed + index)
-        first.append(split_observation(*env.reset(seed=seed + index)))
-    return envs, first
 
 
 @contextmanager
