@@ -132,7 +132,8 @@ def update_flops(hidden: int, obs_dim: int = 3, action_dim: int = 1, batch: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", default="64,256,1024", help="hidden sizes h (default 64,256,1024)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"default {','.join(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"default {','.join(SYSTEMS)}; with --policies, numbers of the policies (1-{len(POLICIES)})")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--steps", type=int, default=3000, help="env steps per run at h <= 256 (default 3000)")
     parser.add_argument("--steps-1024", type=int, default=800, help="env steps per run at h >= 1024 (default 800)")
@@ -141,7 +142,10 @@ def main() -> None:
                         help="time dynsac under thread counts and OpenMP wait policies instead of the systems")
     parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/cli_speed[_busy].json)")
     args = parser.parse_args()
-    systems = list(POLICIES) if args.policies else args.systems.split(",")
+    systems = args.systems.split(",")
+    if args.policies:  # --systems then picks among the policies (by their position, 1-based) when given
+        chosen = list(POLICIES)
+        systems = chosen if args.systems == ",".join(SYSTEMS) else [chosen[int(i) - 1] for i in systems]
     hiddens = [int(h) for h in args.hidden.split(",")]
     name = f"cli_speed{'_policies' if args.policies else ''}{'_busy' if args.busy else ''}.json"
     out = Path(args.out) if args.out else DEFAULT_OUT.with_name(name)

@@ -111,3 +111,29 @@ def test_stress_benchmark_runs_scales_and_reports(tmp_path, subprocess_env):
     (check,) = report["scale_invariance"]
     assert check["relative_difference"] < 0.05, check
     assert "scale invariance pendulum lr 0.003" in result.stdout
+
+
+def test_cli_speed_runs_whole_processes_and_writes_ratios(tmp_path, subprocess_env):
+    out = tmp_path / "cli_speed.json"
+    script = REPO_ROOT / "benchmarks" / "cli_speed.py"
+    systems = "dynsac,sb3" if HAS_SB3 else "dynsac,dynsac-learned"
+    result = subprocess.run([sys.executable, str(script), "--hidden", "16", "--reps", "1", "--steps", "150",
+                             "--systems", systems, "--out", str(out)], capture_output=True, text=True,
+                            env=subprocess_env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cell = json.loads(out.read_text())["cells"]["16"]
+    for system in systems.split(","):
+        row = cell["systems"][system]
+        assert row["loop_steps_per_s"] > 0 and 0 < row["startup_s"] < 120
+    assert ("dynsac/sb3" if HAS_SB3 else "dynsac-learned/dynsac") in cell["ratios"]
+
+
+def test_controller_benchmark_prints_every_file_kind(tmp_path, subprocess_env):
+    out = tmp_path / "controller.json"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "controller.py"), "--reps", "1",
+                             "--seconds", "0.05", "--out", str(out)], capture_output=True, text=True,
+                            env=subprocess_env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["kind"] for row in rows.values()} == {"checkpoint", "pt2", "onnx"}
+    assert all(row["latency_ms"] > 0 for row in rows.values())
