@@ -232,7 +232,7 @@ def test_summary_rows_match_the_files(real_runs, synthetic_runs):
         assert row["final_eval_return"] == pytest.approx(returns[300]) == summary["final_eval_return"]
         assert row["best_eval_return"] == pytest.approx(max(returns.values()))
         assert row["best_eval_return"] == pytest.approx(summary["best_eval_return"])
-        assert row["wall_s"] == summary["wall_s"]
+        assert row["wall_s"] == summary["wall_s_total"] and row["segments"] == summary["segments"] == 1
         assert row["optimality_ratio"] is None and row["warnings"] == 0 and row["rollbacks"] == 0
         rates = [(r["step"], r["perf/steps_per_sec"]) for r in read_metrics(folder) if "perf/steps_per_sec" in r]
         assert [s for s, _ in rates] == [100, 200, 300]

@@ -206,3 +206,13 @@ def test_checkpoints_from_before_run_ids_rewind_by_their_config(tmp_path):
     assert resumed.lineage.run_id.startswith("cfg-")
     assert resumed.train().steps == 900
     assert [p.name for p in ckpt.iterdir() if p.is_dir()][0].startswith("rewound_from_step_600_")
+
+
+def test_training_on_in_the_same_process_is_no_rewind(tmp_path):
+    """A trainer's second train() finds its own checkpoint at its current step: nothing moves."""
+    ckpt = tmp_path / "checkpoints"
+    assert train(tmp_path, **{"training.total_steps": 300}) == 0
+    trainer = SACTrainer.from_checkpoint(ckpt / "sac_step_300.pt", overrides=["training.total_steps=600"])
+    trainer.train()
+    trainer.train(900)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["sac_step_300.pt", "sac_step_600.pt", "sac_step_900.pt"]

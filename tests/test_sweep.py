@@ -205,7 +205,9 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
         for trial in done:  # finished trials were not rerun
             assert trial_files(folder / trial / "run") == before[trial]
         kept = [r for r in read_metrics(folder / resumed / "run") if r["step"] <= resumed_step]
-        assert kept == first_records  # continued from its checkpoint, not started again
+        resume_events = [r for r in kept if r.get("event") == "resume"]
+        assert len(resume_events) == 1 and resume_events[0]["step"] == resumed_step  # the resume is on record
+        assert [r for r in kept if r.get("event") != "resume"] == first_records  # continued, not started again
 
         table = (folder / "summary.txt").read_text()
         assert all(f"{trial}/run" in table for trial in TRIALS), table

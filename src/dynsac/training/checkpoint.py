@@ -141,13 +141,14 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-save
         stale.unlink(missing_ok=True)
     return path
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the platform lets a folder be opened)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -23,7 +23,7 @@ from typing import Any
 from dynsac.config import Config
 from dynsac.events import EventReporter
 from dynsac.safety.diagnosis import resume_command
-from dynsac.training.checkpoint import CheckpointError, peek_checkpoint, structural_run_id  # noqa: F401
+from dynsac.training.checkpoint import CheckpointError, fsync_folder, peek_checkpoint
 from dynsac.training.logger import METRICS_FILE
 
 REWIND_MARKER = ".rewind-pending.json"
@@ -75,6 +75,10 @@ class Lineage:
         return [{"start_step": self.segment_start_step, "end_step": step,
                  "wall_s": time.monotonic() - self._segment_start}]
 
+    @property
+    def trained_in_this_process(self) -> bool:
+        return self._segment_start is not None
+
     def all_segments(self, step: int) -> list[dict[str, Any]]:
         return self.segments + self.current_segment(step)
 
@@ -110,8 +114,11 @@ def prepare_checkpoint_dir(config: Config, step: int, lineage: Lineage, events: 
         return None
     resumed = lineage.resumed_from
     source = None if resumed is None else Path(resumed["checkpoint"]).resolve()
+    # At the resume step itself, another file than the one resumed from would be overwritten; once
+    # this trainer has trained, a file at its current step is its own.
+    same_step_is_later = source is not None and not lineage.trained_in_this_process
     later = [(saved, path) for saved, path in run_files(folder)
-             if (step == 0 or saved >= step) and path.resolve() != source]
+             if (step == 0 or saved > step or (saved == step and same_step_is_later)) and path.resolve() != source]
     best = folder / BEST_FILE
     if step and best.is_file() and peek_checkpoint(best)["step"] > step:
         later.append((peek_checkpoint(best)["step"], best))
@@ -183,9 +190,9 @@ def complete_pending_rewind(folder: Path, events: EventReporter) -> None:
     (target / "REWOUND.txt").write_text(
         f"Moved here when the run was rewound to step {plan['step']} (from step {plan['from_step']}).\n"
         f"metrics.jsonl is the run's record as it stood then. {how_back}")
-    _fsync_dir(target)
+    fsync_folder(target)
     marker.unlink()
-    _fsync_dir(folder)
+    fsync_folder(folder)
     names = plan["files"]
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     moved = " and ".join(part for part in (shown, f"a copy of {METRICS_FILE}" if metrics else "") if part)
@@ -220,20 +227,7 @@ def _write_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    fsync_folder(path.parent)
 
 
 def rewind_target(run_dir: str | Path, to: str) -> tuple[Path, str]:
