@@ -1,4 +1,5 @@
-"""Finite-value guards."""
+"""Finite-value guards of the inputs and the acting path (the context guard, which the SAC update
+applies too, is `dynsac.context.guard`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-
-from dynsac.context.guard import guard_context  # noqa: F401  (re-exported: the acting guard uses it)
 
 if TYPE_CHECKING:
     from dynsac.sac.networks import GaussianPolicy

@@ -26,7 +26,7 @@ from dynsac.events import EventReporter
 from dynsac.safety.diagnosis import build_diagnosis, resume_command, stop_reason, write_diagnosis
 from dynsac.safety.reward_scale import RewardNormalizer
 from dynsac.safety.supervisor import UpdateOutcome, UpdateSupervisor
-from dynsac.sac import GaussianPolicy, SACAgent
+from dynsac.sac import GaussianPolicy
 from dynsac.sac.build import build_agent
 from dynsac.sac.replay import ReplayBuffer
 from dynsac.training import run_state
