@@ -278,6 +278,7 @@ def test_shipped_configs_update_by_hand(tmp_path, config_file):
     batch = trainer.buffer.sample(8, trainer.config.context.history_length
                                   if trainer.config.context.source == "learned" else 0)
     assert trainer.agent.backend.name == "by-hand", trainer.agent.backend_description
+    assert all(torch.isfinite(value).all() for value in trainer.agent.update(batch).values())
     trainer.env.close()
 
 
