@@ -156,10 +156,28 @@ class TrainingParams(_Section):
         None, min_length=1, max_length=MAX_LAYERS, description="Overrides hidden_sizes for the critics."
     )
     critic_layer_norm: bool = Field(False, description="LayerNorm after each hidden layer of the critics.")
-    critic_loss: Literal["mse", "huber"] = Field(
-        "mse", description="TD loss: `mse`, or `huber` (quadratic below huber_delta, linear beyond)."
+    critic_loss: Literal["mse", "huber", "hl_gauss", "two_hot"] = Field(
+        "mse", description="TD loss: `mse`, `huber` (quadratic below huber_delta, linear beyond), or a categorical "
+        "critic over `critic_bins` atoms of a symlog support (no per-task value range): `hl_gauss` (the target "
+        "spread as a Gaussian over the atoms) or `two_hot` (on its two nearest atoms), scored by cross-entropy."
     )
     huber_delta: float = Field(1.0, gt=0, description="Where the Huber TD loss turns linear.")
+    critic_bins: int = Field(
+        101, ge=3, le=10_001, description="Atoms of the categorical critics' support (`critic_loss: hl_gauss` or "
+        "`two_hot`), evenly spaced in symlog space up to |Q| = 100 / (1 - gamma) (normalised rewards)."
+    )
+    num_critics: int = Field(2, ge=1, le=100, description="Critics in the ensemble (REDQ uses 10).")
+    critic_subset: int | None = Field(
+        None, ge=1, le=100, description="REDQ: the TD target's min over this many critics drawn at random each "
+        "update, and the actor's loss on the critics' mean; null: the min over all (SAC's twin critics)."
+    )
+    critic_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="DroQ: fraction of each critic hidden layer's units dropped (with "
+        "`critic_layer_norm: true` as in DroQ); 0 is none."
+    )
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, description="AdamW's decoupled weight decay of the policy and critics (0: Adam)."
+    )
     alpha: float | Literal["auto"] = Field(
         "auto", description="Entropy coefficient: a positive number (fixed, at most 1e6) or `auto` (tuned)."
     )
@@ -257,6 +275,11 @@ class TrainingParams(_Section):
             raise ValueError(
                 f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size}): lower "
                 f"training.batch_size or raise training.buffer_size"
+            )
+        if self.critic_subset is not None and self.critic_subset > self.num_critics:
+            raise ValueError(
+                f"critic_subset ({self.critic_subset}) must not exceed num_critics ({self.num_critics}): lower "
+                f"training.critic_subset or raise training.num_critics"
             )
         if self.log_std_min >= self.log_std_max:
             raise ValueError(

@@ -25,6 +25,7 @@ from dynsac.sac.backends import GradientBackend, choose_backend
 from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
+from dynsac.sac.value import ScalarValue, ValueHead
 
 
 def context_statistics(context: Tensor) -> dict[str, Tensor]:
@@ -83,6 +84,8 @@ class UpdateSettings:
     skip_nonfinite_gradients: bool = True  # a non-finite gradient is never applied
     context_bound: float = float("inf")  # context rows beyond +-bound (or non-finite) fall back to zeros
     backend: str = "auto"  # "auto", "autograd" or "by_hand"
+    weight_decay: float = 0.0  # AdamW's decoupled decay of the actor's and critics' weights
+    critic_subset: int | None = None  # REDQ: the TD target's min over this many critics drawn at random; None: all
 
 
 class SACAgent(nn.Module):
@@ -111,6 +114,9 @@ class SACAgent(nn.Module):
         critic_gradient_to_map: bool = False,
         detach_policy_context: bool = True,
         critic_layer_norm: bool = False,
+        num_critics: int = 2,
+        critic_dropout: float = 0.0,
+        value_head: ValueHead | None = None,
         settings: UpdateSettings | None = None,
         **tunables: Any,
     ) -> None:
@@ -121,7 +127,9 @@ class SACAgent(nn.Module):
         self.policy = GaussianPolicy(
             obs_dim, action_dim, actor_hidden_sizes, context_dim, action_low, action_high, log_std_min, log_std_max
         )
-        self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim, layer_norm=critic_layer_norm)
+        self.value_head = value_head or ScalarValue(settings.huber_delta)
+        self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim, num_critics,
+                                     critic_layer_norm, self.value_head.bins, critic_dropout)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.auto_alpha = alpha == "auto"
         start_alpha = init_alpha if self.auto_alpha else float(alpha)
@@ -148,8 +156,16 @@ class SACAgent(nn.Module):
     def configure(self, settings: UpdateSettings) -> str:
         """Apply `settings` (learning rates included) and choose the gradient backend for them.
         Returns the backend's description with its reason, e.g. "autograd (critic LayerNorm is on)"."""
+        subset = settings.critic_subset
+        if subset is not None and not 1 <= subset <= self.critic.num_critics:
+            raise ValueError(f"critic_subset {subset}: expected 1 to the number of critics ({self.critic.num_critics})")
         self.settings = settings
+        if self.value_head.bins == 1:
+            self.value_head = ScalarValue(settings.huber_delta)
         self.set_learning_rates(settings.actor_lr, settings.critic_lr, settings.alpha_lr, settings.dynamics_map_lr)
+        for optimizer in (self.actor_optimizer, self.critic_optimizer):
+            for group in optimizer.param_groups:
+                group["weight_decay"], group["decoupled_weight_decay"] = settings.weight_decay, True
         self.backend, reason = choose_backend(self, settings.backend)
         self.backend_description = f"{self.backend.name} ({reason})"
         return self.backend_description
@@ -243,6 +259,21 @@ class SACAgent(nn.Module):
             return norm
         optimizer.fast_step()
         return norm
+
+    def target_critics(self, next_q: Tensor) -> Tensor:
+        """The rows of the target critics' Q-values (E, B) the TD target takes its min over: all,
+        or (REDQ, `critic_subset`) a random subset drawn afresh for every update."""
+        subset = self.settings.critic_subset
+        if subset is None or subset == next_q.shape[0]:
+            return next_q
+        return next_q[torch.randperm(next_q.shape[0], device=next_q.device)[:subset]]
+
+    @property
+    def actor_reduction(self) -> str:
+        """How the actor loss combines the critics: their min (SAC), or their mean (REDQ, when
+        the target takes a subset's min)."""
+        subset = self.settings.critic_subset
+        return "min" if subset is None or subset == self.critic.num_critics else "mean"
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -107,24 +107,27 @@ class AutogradBackend:
 
     def critic_gradients(self, agent: SACAgent, batch: Batch, context: Tensor | None,
                          next_context: Tensor | None, sample: Sample) -> CriticResult:
-        alpha = agent.log_alpha.detach().exp()
+        alpha, head = agent.log_alpha.detach().exp(), agent.value_head
         with torch.no_grad(), agent.autocast():
-            next_q = agent.critic_target(batch.next_obs, sample.next_action, _detached(next_context))
-        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q.to(alpha.dtype),
-                                        sample.next_log_prob.to(alpha.dtype), alpha, agent.settings.gamma)
+            next_output = agent.critic_target(batch.next_obs, sample.next_action, _detached(next_context))
+        next_q = agent.target_critics(head.value(next_output.to(alpha.dtype)))
+        q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, sample.next_log_prob.to(alpha.dtype),
+                                        alpha, agent.settings.gamma)
         critic_context = context if agent.critic_gradient_to_map else _detached(context)
         with agent.autocast():
-            q_pred = agent.critic(batch.obs, batch.action, critic_context)
-        q_pred = q_pred.to(alpha.dtype)
-        loss = losses.critic_loss(q_pred, q_target, agent.settings.huber_delta)
+            output = agent.critic(batch.obs, batch.action, critic_context).to(alpha.dtype)
+        loss = head.loss(output, q_target)
         _backward(agent, agent.critic_optimizer, loss)
+        with torch.no_grad():
+            q_pred = head.value(output)
         return CriticResult(alpha, loss, q_pred, q_target)
 
     def actor_gradients(self, agent: SACAgent, batch: Batch, context: Tensor | None, sample: Sample,
                         alpha: Tensor) -> Tensor:
         with agent.autocast():
-            q_pi = agent.critic(batch.obs, sample.action_pi, _policy_context(agent, context), detach_params=True)
-        loss = losses.actor_loss(q_pi.to(alpha.dtype), sample.log_prob_pi, alpha)
+            output = agent.critic(batch.obs, sample.action_pi, _policy_context(agent, context), detach_params=True)
+        q_pi = agent.value_head.value(output.to(alpha.dtype))
+        loss = losses.actor_loss(q_pi, sample.log_prob_pi, alpha, agent.actor_reduction)
         _backward(agent, agent.actor_optimizer, loss)
         return loss.detach()
 
@@ -207,6 +210,12 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
         return "training.precision is bf16 (autocast runs through the modules)"
     if agent.critic.layer_norm:
         return "critic LayerNorm is on"
+    if agent.value_head.bins > 1:
+        return "the critics are categorical"
+    if agent.critic.dropout:
+        return "critic dropout is on"
+    if agent.critic.num_critics != 2 or agent.actor_reduction != "min":
+        return "the critic ensemble is not a twin pair"
     if agent.dynamics_map is not None and (agent.critic_gradient_to_map or not agent.detach_policy_context):
         return "loss gradients flow into the learned context"
     return None

@@ -7,6 +7,7 @@ from typing import Any
 from dynsac.config import Config
 from dynsac.context import DynamicsMap
 from dynsac.sac.agent import SACAgent, UpdateSettings
+from dynsac.sac.value import CategoricalValue, ValueHead, value_bound
 
 
 def update_settings(config: Config) -> UpdateSettings:
@@ -26,7 +27,17 @@ def update_settings(config: Config) -> UpdateSettings:
         compile_update=params.compile,
         skip_nonfinite_gradients=safety.skip_nonfinite_gradients,
         context_bound=safety.context_bound,
+        weight_decay=params.weight_decay,
+        critic_subset=params.critic_subset,
     )
+
+
+def build_value_head(config: Config) -> ValueHead | None:
+    """The categorical critics' head of `training.critic_loss` (None: the scalar head)."""
+    params = config.training
+    if params.critic_loss not in CategoricalValue.KINDS:
+        return None
+    return CategoricalValue(params.critic_loss, params.critic_bins, value_bound(params.gamma))
 
 
 def build_dynamics_map(config: Config, obs_dim: int, action_dim: int) -> DynamicsMap | None:
@@ -61,5 +72,8 @@ def build_agent(config: Config, obs_dim: int, action_dim: int, context_dim: int,
         critic_gradient_to_map=config.context.critic_gradient,
         detach_policy_context=config.context.detach_policy,
         critic_layer_norm=params.critic_layer_norm,
+        num_critics=params.num_critics,
+        critic_dropout=params.critic_dropout,
+        value_head=build_value_head(config),
         settings=update_settings(config),
     )

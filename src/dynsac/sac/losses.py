@@ -47,9 +47,11 @@ def critic_loss_and_grad(q_pred: Tensor, q_target: Tensor, huber_delta: float | 
     return (clipped * (error - 0.5 * clipped)).mean(dim=1).sum(), clipped / batch
 
 
-def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> Tensor:
-    """E[alpha * log pi(a|s) - min_E Q(s, a)] with a ~ pi(.|s) reparameterised."""
-    return (alpha * log_prob - q_pi.min(dim=0).values).mean()
+def actor_loss(q_pi: Tensor, log_prob: Tensor, alpha: Tensor, reduction: str = "min") -> Tensor:
+    """E[alpha * log pi(a|s) - min_E Q(s, a)] with a ~ pi(.|s) reparameterised (`reduction`
+    "mean": the critics' mean instead of their min, as REDQ's actor)."""
+    q = q_pi.min(dim=0).values if reduction == "min" else q_pi.mean(dim=0)
+    return (alpha * log_prob - q).mean()
 
 
 def actor_loss_and_grads(q_pi: Tensor, log_prob: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:

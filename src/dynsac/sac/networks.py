@@ -166,7 +166,9 @@ class CriticEnsemble(nn.Module):
     """`num_critics` Q networks evaluated in one batched forward pass.
 
     Layer weights are stacked as (num_critics, in, out), so each layer is one batched matmul for
-    all critics. `forward` returns Q-values of shape (num_critics, batch).
+    all critics. `forward` returns Q-values of shape (num_critics, batch), or with `num_outputs`
+    > 1 (a categorical critic's logits, `dynsac.sac.value`) (num_critics, batch, num_outputs).
+    `dropout` (DroQ): that fraction of each hidden layer's units dropped, before its LayerNorm.
     """
 
     def __init__(
@@ -177,12 +179,14 @@ class CriticEnsemble(nn.Module):
         context_dim: int = 0,
         num_critics: int = 2,
         layer_norm: bool = False,
+        num_outputs: int = 1,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_critics, self.layer_norm = num_critics, layer_norm
+        self.num_critics, self.layer_norm, self.num_outputs, self.dropout = num_critics, layer_norm, num_outputs, dropout
         self.trace: Callable[[str, Tensor], None] | None = None  # set by forensics to inspect each layer
         self.fused = True  # the hand-written passes of dynsac.nn when they apply; False: layer by layer
-        sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, 1]
+        sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, num_outputs]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
@@ -216,7 +220,8 @@ class CriticEnsemble(nn.Module):
         the action without computing gradients for the critics' weights."""
         hidden = critic_input(obs, action, context)
         weights, biases = self.layer_parameters()
-        if self.fused and not self.layer_norm and self.trace is None and fusable(hidden, weights[0]):
+        plain = not self.layer_norm and not self.dropout
+        if self.fused and plain and self.trace is None and fusable(hidden, weights[0]):
             if detach_params:
                 weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
             if not torch.is_grad_enabled():
@@ -235,6 +240,8 @@ class CriticEnsemble(nn.Module):
             if self.trace is not None:
                 self.trace(f"layer {index} {kind}", hidden)
             if index < last:
+                if self.dropout:
+                    hidden = nn.functional.dropout(hidden, self.dropout, training=True)
                 if self.layer_norm:
                     gain, offset = self.norm_weights[index], self.norm_biases[index]
                     if detach_params:

@@ -22,13 +22,14 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 class LeanAdam(torch.optim.Adam):
     """`torch.optim.Adam(params, lr, fused=True)` with a cached fast path in `step()`.
 
-    The fast path needs one param group with plain Adam options (no amsgrad, maximize or weight
-    decay) and every parameter with a gradient, all on one device and dtype; anything else (and
-    the first step, which creates the state) goes through `torch.optim.Adam.step` unchanged.
+    The fast path needs one param group with plain Adam options (no amsgrad or maximize; weight
+    decay only decoupled, AdamW's) and every parameter with a gradient, all on one device and
+    dtype; anything else (and the first step, which creates the state) goes through
+    `torch.optim.Adam.step` unchanged. `weight_decay` is AdamW's decoupled decay (0: plain Adam).
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
-        super().__init__(params, lr=lr, fused=True)
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, fused=True, weight_decay=weight_decay, decoupled_weight_decay=True)
         self._cache: tuple[Any, list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None = None
 
     def _lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None:
@@ -38,7 +39,7 @@ class LeanAdam(torch.optim.Adam):
         if len(self.param_groups) != 1:
             return None
         group = self.param_groups[0]
-        if group["amsgrad"] or group["maximize"] or group["weight_decay"] or group.get("decoupled_weight_decay"):
+        if group["amsgrad"] or group["maximize"] or (group["weight_decay"] and not group["decoupled_weight_decay"]):
             return None
         params = group["params"]
         states = [self.state.get(param) for param in params]
@@ -99,9 +100,11 @@ class LeanAdam(torch.optim.Adam):
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         torch._foreach_add_(steps, 1)
-        torch._fused_adam_(
+        decay = group["weight_decay"]
+        kernel = torch._fused_adamw_ if decay else torch._fused_adam_
+        kernel(
             params, grads, exp_avgs, exp_avg_sqs, [], steps,
-            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
+            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=decay, eps=group["eps"],
             maximize=False, grad_scale=None, found_inf=None,
         )
         return None

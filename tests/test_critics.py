@@ -1,0 +1,166 @@
+"""Critic options: categorical critics (HL-Gauss, two-hot), REDQ ensembles, DroQ dropout, AdamW."""
+
+import math
+
+import pytest
+import torch
+
+from dynsac.sac import SACAgent
+from dynsac.sac.agent import UpdateSettings
+from dynsac.sac.optim import LeanAdam
+from dynsac.sac.replay import Batch
+from dynsac.sac.value import CategoricalValue, ScalarValue, symexp, symlog
+from dynsac.training import SACTrainer
+
+# Five atoms at symlog -2, -1, 0, 1, 2: a support whose half-width is symlog(bound) = 2.
+BOUND = math.expm1(2.0)
+
+
+def normal_cdf(x):
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def test_hl_gauss_projection_matches_a_hand_computation():
+    head = CategoricalValue("hl_gauss", bins=5, bound=BOUND, sigma_ratio=0.75)
+    target = math.expm1(0.3)  # symlog 0.3
+    edges = [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]
+    cdf = [normal_cdf((edge - 0.3) / 0.75) for edge in edges]
+    expected = [(cdf[i + 1] - cdf[i]) / (cdf[-1] - cdf[0]) for i in range(5)]
+    probabilities = head.target_probabilities(torch.tensor([target], dtype=torch.float64))[0]
+    assert probabilities.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_two_hot_projection_splits_the_target_between_its_neighbours_and_clips_beyond_the_support():
+    head = CategoricalValue("two_hot", bins=5, bound=BOUND)
+    probabilities = head.target_probabilities(torch.tensor([math.expm1(0.3), -1e9, 1e9], dtype=torch.float64))
+    assert probabilities[0].tolist() == pytest.approx([0, 0, 0.7, 0.3, 0], abs=1e-12)
+    assert probabilities[1].tolist() == [1, 0, 0, 0, 0] and probabilities[2].tolist() == [0, 0, 0, 0, 1]
+    # The value of the projected target is the target (symexp of its mean in symlog space).
+    logits = probabilities[0].clamp(min=1e-300).log().reshape(1, 1, 5)
+    assert head.value(logits).item() == pytest.approx(math.expm1(0.3), rel=1e-9)
+
+
+def test_categorical_loss_is_smallest_at_the_projected_target_with_zero_gradient():
+    head = CategoricalValue("hl_gauss", bins=51, bound=1e3)
+    q_target = torch.tensor([-0.02, -3.0, 40.0], dtype=torch.float64)
+    logits = head.target_probabilities(q_target).clamp(min=1e-300).log().unsqueeze(0).requires_grad_(True)
+    loss = head.loss(logits, q_target)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().max().item() < 1e-12
+    assert head.value(logits.detach())[0].tolist() == pytest.approx(q_target.tolist(), rel=1e-3)
+    assert head.loss(logits.detach() + torch.randn_like(logits), q_target) > loss
+
+
+def test_symlog_and_symexp_are_inverse():
+    x = torch.tensor([-1e6, -3.0, -1e-4, 0.0, 2e-3, 7.0, 1e8], dtype=torch.float64)
+    assert torch.allclose(symexp(symlog(x)), x, rtol=1e-12)
+
+
+def batch_for(agent, rows=16, generator=None):
+    generator = generator or torch.Generator().manual_seed(0)
+    obs_dim, action_dim = agent.policy.obs_dim, agent.policy.action_dim
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    return Batch(obs=draw(rows, obs_dim), action=draw(rows, action_dim).tanh(), reward=draw(rows),
+                 next_obs=draw(rows, obs_dim), terminated=torch.zeros(rows), index=torch.arange(rows))
+
+
+def test_categorical_agent_updates_with_autograd_and_learns_a_constant_reward():
+    torch.manual_seed(0)
+    agent = SACAgent(3, 2, actor_hidden_sizes=(32,), critic_hidden_sizes=(32,), gamma=0.5, critic_lr=3e-3,
+                     value_head=CategoricalValue("hl_gauss", bins=51, bound=100.0))
+    assert agent.backend.name == "autograd" and "categorical" in agent.backend_description
+    batch = batch_for(agent)
+    batch.reward = torch.full_like(batch.reward, -2.0)
+    for _ in range(400):
+        metrics = agent.update(batch)
+    # Q = r + gamma (Q - alpha log pi): about -4 plus the entropy bonus's share.
+    assert agent.critic(batch.obs, batch.action).shape == (2, 16, 51)
+    assert math.isfinite(metrics["critic_loss"].item()) and -8 < metrics["q_mean"].item() < -2
+
+
+def test_redq_target_takes_the_min_over_a_fresh_random_subset():
+    agent = SACAgent(3, 2, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,), num_critics=5, critic_subset=2)
+    assert agent.actor_reduction == "mean" and agent.backend.name == "autograd"
+    next_q = torch.arange(5.0).reshape(5, 1).expand(5, 4)
+    torch.manual_seed(3)
+    chosen = agent.target_critics(next_q)
+    torch.manual_seed(3)
+    expected = torch.randperm(5)[:2]
+    assert chosen.shape == (2, 4) and chosen[:, 0].tolist() == expected.double().tolist()
+    counts = torch.zeros(5)
+    for _ in range(2000):
+        counts[agent.target_critics(next_q)[:, 0].long()] += 1
+    assert (counts / 4000 - 0.2).abs().max() < 0.03  # every critic drawn alike
+    plain = SACAgent(3, 2, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,))
+    assert plain.actor_reduction == "min" and plain.target_critics(next_q[:2]) is not None
+
+
+def test_a_subset_larger_than_the_ensemble_is_refused():
+    with pytest.raises(ValueError, match="critic_subset 3"):
+        SACAgent(3, 2, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,), num_critics=2, critic_subset=3)
+
+
+def test_critic_dropout_drops_that_share_of_units_in_every_pass(monkeypatch):
+    torch.manual_seed(0)
+    agent = SACAgent(3, 2, critic_hidden_sizes=(256, 256), critic_dropout=0.25, critic_layer_norm=True)
+    dropout, kept = torch.nn.functional.dropout, []
+
+    def spy(hidden, p, training):
+        out = dropout(hidden, p, training)
+        kept.append((out != 0).double().mean().item())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", spy)
+    obs, action = torch.randn(64, 3), torch.randn(64, 2)
+    assert not torch.equal(agent.critic(obs, action), agent.critic(obs, action))
+    assert len(kept) == 4 and all(0.7 < share < 0.8 for share in kept)  # two hidden layers, two passes
+    assert agent.backend.name == "autograd"
+
+
+def test_adamw_fast_path_matches_torch_adamw_bit_for_bit():
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 4)), torch.nn.Parameter(torch.randn(4))]
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    lean = LeanAdam(weights, lr=1e-2, weight_decay=0.1)
+    reference = torch.optim.AdamW(copies, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for param, other, grad in zip(weights, copies, grads):
+            param.grad, other.grad = grad.clone(), grad.clone()
+        lean.fast_step()
+        reference.step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, copies))
+
+
+def test_weight_decay_is_a_tunable_that_reaches_the_actor_and_critic_optimizers():
+    agent = SACAgent(3, 2, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,))
+    agent.configure(UpdateSettings(weight_decay=0.01))
+    decays = {name: opt.param_groups[0]["weight_decay"] for name, opt in agent.optimizers.items()}
+    assert decays == {"actor": 0.01, "critic": 0.01, "alpha": 0.0}
+
+
+def test_scalar_head_follows_the_huber_setting():
+    agent = SACAgent(3, 2, actor_hidden_sizes=(8,), critic_hidden_sizes=(8,))
+    agent.configure(UpdateSettings(huber_delta=2.0))
+    assert isinstance(agent.value_head, ScalarValue) and agent.value_head.huber_delta == 2.0
+
+
+NEW_CRITICS = {"training.critic_loss": "hl_gauss", "training.critic_bins": 51, "training.num_critics": 4,
+               "training.critic_subset": 2, "training.critic_dropout": 0.01, "training.critic_layer_norm": True,
+               "training.weight_decay": 0.01}
+
+
+def test_config_builds_the_critic_options(tiny_config):
+    trainer = SACTrainer(tiny_config(**NEW_CRITICS, **{"training.total_steps": 150}))
+    agent = trainer.agent
+    assert isinstance(agent.value_head, CategoricalValue) and agent.value_head.bins == 51
+    assert agent.critic.num_critics == 4 and agent.settings.critic_subset == 2 and agent.critic.dropout == 0.01
+    assert trainer.train().steps == 150
+
+
+def test_config_refuses_a_subset_beyond_the_ensemble(tiny_config):
+    with pytest.raises(Exception, match="critic_subset"):
+        tiny_config(**{"training.num_critics": 2, "training.critic_subset": 3})
