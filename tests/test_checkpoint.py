@@ -35,16 +35,28 @@ def assert_same_tensors(left, right, where=""):
         assert left == right, where
 
 
-def test_resume_is_bit_exact(tmp_path):
+# The classic update, and the learning-quality options (a categorical REDQ/DroQ ensemble with AdamW,
+# observation normalisation) whose state must travel too.
+RESUMED_OPTIONS = {
+    "classic": {},
+    "quality-options": {"training.critic_loss": "hl_gauss", "training.critic_bins": 21, "training.num_critics": 3,
+                        "training.critic_subset": 2, "training.critic_dropout": 0.05,
+                        "training.critic_layer_norm": True, "training.weight_decay": 0.01,
+                        "training.obs_normalization": True},
+}
+
+
+@pytest.mark.parametrize("options", list(RESUMED_OPTIONS.values()), ids=list(RESUMED_OPTIONS))
+def test_resume_is_bit_exact(tmp_path, options):
     """0 -> 400 straight equals 0 -> 300, save, load in a new trainer, 300 -> 400."""
-    straight = SACTrainer(load_config(None, tiny_overrides(tmp_path / "a")))
+    straight = SACTrainer(load_config(None, tiny_overrides(tmp_path / "a", **options)))
     straight.train()
 
-    first = SACTrainer(load_config(None, tiny_overrides(tmp_path / "b", **{"training.total_steps": 300})))
+    first = SACTrainer(load_config(None, tiny_overrides(tmp_path / "b", **options, **{"training.total_steps": 300})))
     first.train()
     checkpoint = tmp_path / "b" / "checkpoints" / "sac_step_300.pt"
     assert checkpoint.exists()  # step 300 is mid-episode for Pendulum's 200-step episodes
-    resumed = SACTrainer.from_checkpoint(checkpoint, load_config(None, tiny_overrides(tmp_path / "b")))
+    resumed = SACTrainer.from_checkpoint(checkpoint, load_config(None, tiny_overrides(tmp_path / "b", **options)))
     resumed.train()
 
     assert resumed.step == straight.step == 400

@@ -164,3 +164,23 @@ def test_config_builds_the_critic_options(tiny_config):
 def test_config_refuses_a_subset_beyond_the_ensemble(tiny_config):
     with pytest.raises(Exception, match="critic_subset"):
         tiny_config(**{"training.num_critics": 2, "training.critic_subset": 3})
+
+
+def test_observation_statistics_are_those_of_every_collected_observation(tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.obs_normalization": True, "training.total_steps": 250}))
+    trainer.train()
+    agent, stored = trainer.agent, trainer.buffer.state_dict()
+    observed = stored["obs"][:250].double()
+    stats = agent.obs_statistics
+    assert stats.count.item() == 250
+    assert torch.allclose(stats.mean, observed.mean(0), atol=1e-9)
+    assert torch.allclose(stats.sum_squares / stats.count, observed.var(0, unbiased=False), atol=1e-9)
+    shift, scale = stats.shift_and_scale()
+    for network in (agent.policy, agent.critic, agent.critic_target):
+        assert torch.equal(network.obs_normalizer.shift, shift.float())
+        assert torch.equal(network.obs_normalizer.scale, scale.float())
+    assert "observation normalisation" in agent.backend_description
+    obs = observed[:5].float()
+    mu, _ = agent.policy(obs)
+    expected, _ = agent.policy.distribution(agent.policy.net(((obs - shift.float()) * scale.float()).clamp(-10, 10)))[:2]
+    assert torch.allclose(mu, expected)

@@ -175,6 +175,10 @@ class TrainingParams(_Section):
         0.0, ge=0.0, lt=1.0, description="DroQ: fraction of each critic hidden layer's units dropped (with "
         "`critic_layer_norm: true` as in DroQ); 0 is none."
     )
+    obs_normalization: bool = Field(
+        False, description="Normalise the observations every network sees by their running mean and std over "
+        "all collected steps (clipped to +-10; saved in checkpoints and exported with the policy)."
+    )
     weight_decay: float = Field(
         0.0, ge=0.0, le=1.0, description="AdamW's decoupled weight decay of the policy and critics (0: Adam)."
     )

@@ -22,7 +22,7 @@ from dynsac.context.dynamics_map import DynamicsMap
 from dynsac.context.guard import guard_context
 from dynsac.sac import losses
 from dynsac.sac.backends import GradientBackend, choose_backend
-from dynsac.sac.networks import CriticEnsemble, GaussianPolicy
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, ObservationNormalizer, ObservationStatistics
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
 from dynsac.sac.value import ScalarValue, ValueHead
@@ -117,6 +117,7 @@ class SACAgent(nn.Module):
         num_critics: int = 2,
         critic_dropout: float = 0.0,
         value_head: ValueHead | None = None,
+        obs_normalization: bool = False,
         settings: UpdateSettings | None = None,
         **tunables: Any,
     ) -> None:
@@ -130,6 +131,10 @@ class SACAgent(nn.Module):
         self.value_head = value_head or ScalarValue(settings.huber_delta)
         self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim, num_critics,
                                      critic_layer_norm, self.value_head.bins, critic_dropout)
+        # Running observation statistics, and the normalising first layer of every network (option).
+        self.obs_statistics = ObservationStatistics(obs_dim) if obs_normalization else None
+        if obs_normalization:
+            self.policy.obs_normalizer, self.critic.obs_normalizer = ObservationNormalizer(obs_dim), ObservationNormalizer(obs_dim)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.auto_alpha = alpha == "auto"
         start_alpha = init_alpha if self.auto_alpha else float(alpha)
@@ -181,6 +186,19 @@ class SACAgent(nn.Module):
         if self.map_optimizer is not None:
             named["dynamics_map"] = self.map_optimizer
         return named
+
+    @torch.no_grad()
+    def observe(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
+        """A collected transition (rows of N envs): the learned map's feature statistics and,
+        with observation normalisation, the running statistics every network normalises with."""
+        if self.dynamics_map is not None:
+            self.dynamics_map.observe(obs, action, next_obs)
+        if self.obs_statistics is not None:
+            self.obs_statistics.update(obs)
+            shift, scale = self.obs_statistics.shift_and_scale()
+            for network in (self.policy, self.critic, self.critic_target):
+                network.obs_normalizer.shift.copy_(shift)
+                network.obs_normalizer.scale.copy_(scale)
 
     @torch.no_grad()
     def acting_context(self, env_context: Any = None, window: Any = None, mask: Any = None) -> Tensor | None:

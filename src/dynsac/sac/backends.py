@@ -210,6 +210,8 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
         return "training.precision is bf16 (autocast runs through the modules)"
     if agent.critic.layer_norm:
         return "critic LayerNorm is on"
+    if agent.obs_statistics is not None:
+        return "observation normalisation is on"
     if agent.value_head.bins > 1:
         return "the critics are categorical"
     if agent.critic.dropout:

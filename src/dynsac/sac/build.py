@@ -75,5 +75,6 @@ def build_agent(config: Config, obs_dim: int, action_dim: int, context_dim: int,
         num_critics=params.num_critics,
         critic_dropout=params.critic_dropout,
         value_head=build_value_head(config),
+        obs_normalization=params.obs_normalization,
         settings=update_settings(config),
     )

@@ -104,6 +104,7 @@ class GaussianPolicy(nn.Module):
         self.obs_dim, self.action_dim, self.context_dim = obs_dim, action_dim, context_dim
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.net = mlp(obs_dim + context_dim, hidden_sizes, 2 * action_dim)
+        self.obs_normalizer: ObservationNormalizer | None = None  # set by the agent (training.obs_normalization)
         low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
         high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
         self.register_buffer("action_center", ((high + low) / 2).expand(action_dim).clone())
@@ -111,6 +112,8 @@ class GaussianPolicy(nn.Module):
 
     def forward(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the pre-tanh Gaussian."""
+        if self.obs_normalizer is not None:
+            obs = self.obs_normalizer(obs)
         mu, log_std, _ = self.distribution(self.net(with_context(obs, context)))
         return mu, log_std
 
@@ -186,6 +189,7 @@ class CriticEnsemble(nn.Module):
         self.num_critics, self.layer_norm, self.num_outputs, self.dropout = num_critics, layer_norm, num_outputs, dropout
         self.trace: Callable[[str, Tensor], None] | None = None  # set by forensics to inspect each layer
         self.fused = True  # the hand-written passes of dynsac.nn when they apply; False: layer by layer
+        self.obs_normalizer: ObservationNormalizer | None = None  # set by the agent (training.obs_normalization)
         sizes = [obs_dim + action_dim + context_dim, *hidden_sizes, num_outputs]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -218,6 +222,8 @@ class CriticEnsemble(nn.Module):
     ) -> Tensor:
         """Q-values (num_critics, batch). `detach_params` lets the actor loss backpropagate into
         the action without computing gradients for the critics' weights."""
+        if self.obs_normalizer is not None:
+            obs = self.obs_normalizer(obs)
         hidden = critic_input(obs, action, context)
         weights, biases = self.layer_parameters()
         plain = not self.layer_norm and not self.dropout
@@ -249,3 +255,48 @@ class CriticEnsemble(nn.Module):
                     hidden = nn.functional.layer_norm(hidden, hidden.shape[-1:]) * gain + offset
                 hidden = torch.relu_(hidden)
         return hidden.squeeze(-1)
+
+
+class ObservationNormalizer(nn.Module):
+    """(obs - mean) / std, clipped to +-`clip`: the first layer of a network whose inputs are
+    normalised. Its shift and scale are buffers (saved with the network, exported with the policy),
+    set from the agent's running `ObservationStatistics`."""
+
+    def __init__(self, obs_dim: int, clip: float = 10.0) -> None:
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("shift", torch.zeros(obs_dim))
+        self.register_buffer("scale", torch.ones(obs_dim))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return ((obs - self.shift) * self.scale).clamp(-self.clip, self.clip)
+
+
+class ObservationStatistics(nn.Module):
+    """Running mean and variance of every observation collected, in float64 (Chan et al.'s
+    parallel update, so a batch of N envs' observations counts as N). Buffers: they travel in
+    checkpoints, so a resumed run normalises exactly as the uninterrupted one."""
+
+    def __init__(self, obs_dim: int, epsilon: float = 1e-8) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(obs_dim, dtype=torch.float64))
+        self.register_buffer("sum_squares", torch.zeros(obs_dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, obs: Tensor) -> None:
+        obs = obs.detach().reshape(-1, self.mean.shape[0]).to(torch.float64)
+        batch_count = obs.shape[0]
+        batch_mean = obs.mean(0)
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.sum_squares += ((obs - batch_mean) ** 2).sum(0) + delta**2 * self.count * batch_count / total
+        self.mean += delta * batch_count / total
+        self.count.copy_(total)
+
+    def shift_and_scale(self) -> tuple[Tensor, Tensor]:
+        """Mean and 1 / std (1 while fewer than two observations)."""
+        if self.count < 2:
+            return torch.zeros_like(self.mean), torch.ones_like(self.mean)
+        return self.mean, (self.sum_squares / self.count + self.epsilon).rsqrt()
