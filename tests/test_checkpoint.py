@@ -43,6 +43,7 @@ RESUMED_OPTIONS = {
                         "training.critic_subset": 2, "training.critic_dropout": 0.05,
                         "training.critic_layer_norm": True, "training.weight_decay": 0.01,
                         "training.obs_normalization": True},
+    "crossq": {"training.crossq": True, "training.adam_beta1": 0.5, "training.policy_delay": 3},
 }
 
 

@@ -184,3 +184,49 @@ def test_observation_statistics_are_those_of_every_collected_observation(tiny_co
     mu, _ = agent.policy(obs)
     expected, _ = agent.policy.distribution(agent.policy.net(((obs - shift.float()) * scale.float()).clamp(-10, 10)))[:2]
     assert torch.allclose(mu, expected)
+
+
+def test_batch_renorm_uses_batch_statistics_in_training_and_running_ones_at_evaluation():
+    from dynsac.sac.networks import EnsembleBatchRenorm
+
+    torch.manual_seed(0)
+    renorm = EnsembleBatchRenorm(2, 3, momentum=0.1, warmup_steps=2)
+    x = torch.randn(2, 64, 3) * 4.0 + 7.0
+    out = renorm(x, batch_statistics=True)
+    var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
+    assert torch.allclose(out, (x - mean) / (var + 1e-3).sqrt(), atol=1e-5)  # warm-up: plain batch norm
+    assert torch.allclose(renorm.running_mean, 0.1 * mean) and torch.allclose(renorm.running_var, 0.9 + 0.1 * var)
+    before = (renorm.running_mean.clone(), renorm.running_var.clone())
+    evaluated = renorm(x, batch_statistics=False)
+    assert torch.equal(renorm.running_mean, before[0]) and renorm.steps.item() == 1  # evaluation moves nothing
+    assert torch.allclose(evaluated, (x - before[0]) / (before[1] + 1e-3).sqrt())
+    renorm(x, batch_statistics=True)
+    running_std = (renorm.running_var + 1e-3).sqrt()
+    r = ((var + 1e-3).sqrt() / running_std).clamp(1 / 3, 3)
+    d = ((mean - renorm.running_mean) / running_std).clamp(-5, 5)
+    after_warmup = renorm(x, batch_statistics=True)  # step 3: renormalised towards the running statistics
+    assert torch.allclose(after_warmup, (x - mean) / (var + 1e-3).sqrt() * r + d, atol=1e-5)
+
+
+def test_crossq_agent_has_no_target_network_and_one_joint_critic_batch(monkeypatch):
+    torch.manual_seed(0)
+    agent = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16, 16), crossq=True, adam_beta1=0.5)
+    assert agent.critic_target is None and "CrossQ" in agent.backend_description
+    assert agent.critic_optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+    calls = []
+    forward = type(agent.critic).forward
+
+    def spy(self, obs, action, context=None, detach_params=False, batch_statistics=True):
+        calls.append((obs.shape[0], batch_statistics))
+        return forward(self, obs, action, context, detach_params, batch_statistics)
+
+    monkeypatch.setattr(type(agent.critic), "forward", spy)
+    metrics = agent.update(batch_for(agent))
+    assert calls == [(32, True), (16, False)]  # (s, a) and (s', a') together; the actor's pass on running statistics
+    assert agent.critic.batch_renorms[0].steps.item() == 1 and math.isfinite(metrics["critic_loss"].item())
+
+
+def test_crossq_trains_from_the_config(tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.crossq": True, "training.adam_beta1": 0.5,
+                                        "training.policy_delay": 3, "training.total_steps": 200}))
+    assert trainer.train().steps == 200 and trainer.agent.critic_target is None

@@ -175,6 +175,12 @@ class TrainingParams(_Section):
         0.0, ge=0.0, lt=1.0, description="DroQ: fraction of each critic hidden layer's units dropped (with "
         "`critic_layer_norm: true` as in DroQ); 0 is none."
     )
+    crossq: bool = Field(
+        False, description="CrossQ critics: batch renormalisation of every critic layer's input, no target "
+        "network (tau unused), (s, a) and (s', a') through the critics in one batch; the actor's pass uses the "
+        "running statistics. CrossQ's paper pairs it with `adam_beta1: 0.5`, `policy_delay: 3` and wide critics."
+    )
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam's first-moment decay, every optimizer.")
     obs_normalization: bool = Field(
         False, description="Normalise the observations every network sees by their running mean and std over "
         "all collected steps (clipped to +-10; saved in checkpoints and exported with the policy)."

@@ -81,6 +81,7 @@ class UpdateSettings:
     policy_delay: int = 1
     bf16: bool = False  # bfloat16 autocast for the forward passes
     compile_update: bool = False  # torch.compile of the hand-derived update's arithmetic
+    adam_beta1: float = 0.9  # Adam's first-moment decay (CrossQ uses 0.5)
     skip_nonfinite_gradients: bool = True  # a non-finite gradient is never applied
     context_bound: float = float("inf")  # context rows beyond +-bound (or non-finite) fall back to zeros
     backend: str = "auto"  # "auto", "autograd" or "by_hand"
@@ -118,6 +119,7 @@ class SACAgent(nn.Module):
         critic_dropout: float = 0.0,
         value_head: ValueHead | None = None,
         obs_normalization: bool = False,
+        crossq: bool = False,
         settings: UpdateSettings | None = None,
         **tunables: Any,
     ) -> None:
@@ -130,12 +132,14 @@ class SACAgent(nn.Module):
         )
         self.value_head = value_head or ScalarValue(settings.huber_delta)
         self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim, num_critics,
-                                     critic_layer_norm, self.value_head.bins, critic_dropout)
+                                     critic_layer_norm, self.value_head.bins, critic_dropout, batch_renorm=crossq)
         # Running observation statistics, and the normalising first layer of every network (option).
         self.obs_statistics = ObservationStatistics(obs_dim) if obs_normalization else None
         if obs_normalization:
             self.policy.obs_normalizer, self.critic.obs_normalizer = ObservationNormalizer(obs_dim), ObservationNormalizer(obs_dim)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # CrossQ has no target network: s' goes through the critics with s, in one batch.
+        self.crossq = crossq
+        self.critic_target = None if crossq else copy.deepcopy(self.critic).requires_grad_(False)
         self.auto_alpha = alpha == "auto"
         start_alpha = init_alpha if self.auto_alpha else float(alpha)
         self.log_alpha = nn.Parameter(torch.tensor(float(start_alpha)).log(), requires_grad=self.auto_alpha)
@@ -171,6 +175,9 @@ class SACAgent(nn.Module):
         for optimizer in (self.actor_optimizer, self.critic_optimizer):
             for group in optimizer.param_groups:
                 group["weight_decay"], group["decoupled_weight_decay"] = settings.weight_decay, True
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["betas"] = (settings.adam_beta1, group["betas"][1])
         self.backend, reason = choose_backend(self, settings.backend)
         self.backend_description = f"{self.backend.name} ({reason})"
         return self.backend_description
@@ -196,7 +203,7 @@ class SACAgent(nn.Module):
         if self.obs_statistics is not None:
             self.obs_statistics.update(obs)
             shift, scale = self.obs_statistics.shift_and_scale()
-            for network in (self.policy, self.critic, self.critic_target):
+            for network in filter(None, (self.policy, self.critic, self.critic_target)):
                 network.obs_normalizer.shift.copy_(shift)
                 network.obs_normalizer.scale.copy_(scale)
 
@@ -295,6 +302,8 @@ class SACAgent(nn.Module):
 
     @torch.no_grad()
     def update_targets(self) -> None:
+        if self.critic_target is None:
+            return
         torch._foreach_lerp_(self.critic_target.flat_parameters(), self.critic.flat_parameters(), self.settings.tau)
 
     def set_learning_rates(self, actor: float, critic: float, alpha: float, dynamics_map: float | None = None) -> None:

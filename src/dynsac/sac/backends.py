@@ -108,14 +108,12 @@ class AutogradBackend:
     def critic_gradients(self, agent: SACAgent, batch: Batch, context: Tensor | None,
                          next_context: Tensor | None, sample: Sample) -> CriticResult:
         alpha, head = agent.log_alpha.detach().exp(), agent.value_head
-        with torch.no_grad(), agent.autocast():
-            next_output = agent.critic_target(batch.next_obs, sample.next_action, _detached(next_context))
+        critic_context = context if agent.critic_gradient_to_map else _detached(context)
+        output, next_output = _critic_outputs(agent, batch, critic_context, next_context, sample)
         next_q = agent.target_critics(head.value(next_output.to(alpha.dtype)))
         q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, sample.next_log_prob.to(alpha.dtype),
                                         alpha, agent.settings.gamma)
-        critic_context = context if agent.critic_gradient_to_map else _detached(context)
-        with agent.autocast():
-            output = agent.critic(batch.obs, batch.action, critic_context).to(alpha.dtype)
+        output = output.to(alpha.dtype)
         loss = head.loss(output, q_target)
         _backward(agent, agent.critic_optimizer, loss)
         with torch.no_grad():
@@ -124,12 +122,31 @@ class AutogradBackend:
 
     def actor_gradients(self, agent: SACAgent, batch: Batch, context: Tensor | None, sample: Sample,
                         alpha: Tensor) -> Tensor:
-        with agent.autocast():
-            output = agent.critic(batch.obs, sample.action_pi, _policy_context(agent, context), detach_params=True)
+        with agent.autocast():  # CrossQ: the critics' running statistics, as at evaluation
+            output = agent.critic(batch.obs, sample.action_pi, _policy_context(agent, context), detach_params=True,
+                                  batch_statistics=False)
         q_pi = agent.value_head.value(output.to(alpha.dtype))
         loss = losses.actor_loss(q_pi, sample.log_prob_pi, alpha, agent.actor_reduction)
         _backward(agent, agent.actor_optimizer, loss)
         return loss.detach()
+
+
+def _critic_outputs(agent: SACAgent, batch: Batch, context: Tensor | None, next_context: Tensor | None,
+                    sample: Sample) -> tuple[Tensor, Tensor]:
+    """The critics' outputs for (s, a), and for (s', a') without gradient: from the target critics,
+    or (CrossQ) from the critics themselves, both in one batch so that they share its statistics."""
+    next_context = _detached(next_context)
+    if agent.critic_target is not None:
+        with torch.no_grad(), agent.autocast():
+            next_output = agent.critic_target(batch.next_obs, sample.next_action, next_context)
+        with agent.autocast():
+            return agent.critic(batch.obs, batch.action, context), next_output
+    joint_context = None if context is None else torch.cat([context, next_context])
+    with agent.autocast():
+        joint = agent.critic(torch.cat([batch.obs, batch.next_obs]), torch.cat([batch.action, sample.next_action]),
+                             joint_context)
+    output, next_output = joint.split(batch.obs.shape[0], dim=1)
+    return output, next_output.detach()
 
 
 def _policy_context(agent: SACAgent, context: Tensor | None) -> Tensor | None:
@@ -210,6 +227,8 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
         return "training.precision is bf16 (autocast runs through the modules)"
     if agent.critic.layer_norm:
         return "critic LayerNorm is on"
+    if agent.crossq:
+        return "the critics are CrossQ's (batch renormalisation, no target network)"
     if agent.obs_statistics is not None:
         return "observation normalisation is on"
     if agent.value_head.bins > 1:

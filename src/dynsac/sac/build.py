@@ -29,6 +29,7 @@ def update_settings(config: Config) -> UpdateSettings:
         context_bound=safety.context_bound,
         weight_decay=params.weight_decay,
         critic_subset=params.critic_subset,
+        adam_beta1=params.adam_beta1,
     )
 
 
@@ -76,5 +77,6 @@ def build_agent(config: Config, obs_dim: int, action_dim: int, context_dim: int,
         critic_dropout=params.critic_dropout,
         value_head=build_value_head(config),
         obs_normalization=params.obs_normalization,
+        crossq=params.crossq,
         settings=update_settings(config),
     )

@@ -165,6 +165,47 @@ def _ensemble_layer(hidden: Tensor, weight: Tensor, first: bool) -> tuple[Tensor
     return torch.bmm(hidden, weight), "bmm"
 
 
+class EnsembleBatchRenorm(nn.Module):
+    """Batch renormalisation (Ioffe, 2017) of (E, B, F) activations, per critic and feature: what
+    CrossQ puts after each critic layer.
+
+    With batch statistics (training): the batch's mean and std, corrected towards the running ones
+    by r = std / running_std and d = (mean - running_mean) / running_std (clipped to `r_max` and
+    `d_max`, and only after `warmup_steps` updates: before, plain batch normalisation), and the
+    running statistics move by `momentum`. With running statistics (the actor's pass, acting): the
+    running ones alone.
+    """
+
+    def __init__(self, num_critics: int, features: int, momentum: float = 0.01, warmup_steps: int = 100_000,
+                 r_max: float = 3.0, d_max: float = 5.0, epsilon: float = 1e-3) -> None:
+        super().__init__()
+        self.momentum, self.warmup_steps, self.r_max, self.d_max, self.epsilon = momentum, warmup_steps, r_max, d_max, epsilon
+        self.weight = nn.Parameter(torch.ones(num_critics, 1, features))
+        self.bias = nn.Parameter(torch.zeros(num_critics, 1, features))
+        self.register_buffer("running_mean", torch.zeros(num_critics, 1, features))
+        self.register_buffer("running_var", torch.ones(num_critics, 1, features))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: Tensor, batch_statistics: bool, detach_params: bool = False) -> Tensor:
+        running_std = (self.running_var + self.epsilon).sqrt()
+        if batch_statistics:
+            var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
+            std = (var + self.epsilon).sqrt()
+            normalized = (x - mean) / std
+            if self.steps >= self.warmup_steps:
+                r = (std.detach() / running_std).clamp(1.0 / self.r_max, self.r_max)
+                d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+                normalized = normalized * r + d
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+                self.steps += 1
+        else:
+            normalized = (x - self.running_mean) / running_std
+        weight, bias = (self.weight.detach(), self.bias.detach()) if detach_params else (self.weight, self.bias)
+        return normalized * weight + bias
+
+
 class CriticEnsemble(nn.Module):
     """`num_critics` Q networks evaluated in one batched forward pass.
 
@@ -172,6 +213,7 @@ class CriticEnsemble(nn.Module):
     all critics. `forward` returns Q-values of shape (num_critics, batch), or with `num_outputs`
     > 1 (a categorical critic's logits, `dynsac.sac.value`) (num_critics, batch, num_outputs).
     `dropout` (DroQ): that fraction of each hidden layer's units dropped, before its LayerNorm.
+    `batch_renorm` (CrossQ): `EnsembleBatchRenorm` of the input and of every hidden layer.
     """
 
     def __init__(
@@ -184,6 +226,7 @@ class CriticEnsemble(nn.Module):
         layer_norm: bool = False,
         num_outputs: int = 1,
         dropout: float = 0.0,
+        batch_renorm: bool = False,
     ) -> None:
         super().__init__()
         self.num_critics, self.layer_norm, self.num_outputs, self.dropout = num_critics, layer_norm, num_outputs, dropout
@@ -202,11 +245,14 @@ class CriticEnsemble(nn.Module):
         hidden = sizes[1:-1] if layer_norm else []
         self.norm_weights = nn.ParameterList([nn.Parameter(torch.ones(num_critics, 1, size)) for size in hidden])
         self.norm_biases = nn.ParameterList([nn.Parameter(torch.zeros(num_critics, 1, size)) for size in hidden])
+        renormed = sizes[:-1] if batch_renorm else []
+        self.batch_renorms = nn.ModuleList([EnsembleBatchRenorm(num_critics, size) for size in renormed])
 
     def flat_parameters(self) -> list[nn.Parameter]:
         """`list(self.parameters())`, same order, without walking the submodules."""
         lists = (self.weights, self.biases, self.norm_weights, self.norm_biases)
-        return [param for plist in lists for param in plist._parameters.values()]
+        renorms = [param for renorm in self.batch_renorms for param in (renorm.weight, renorm.bias)]
+        return [param for plist in lists for param in plist._parameters.values()] + renorms
 
     def layer_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """The stacked weights and biases, layer by layer (read from the ParameterLists' storage:
@@ -219,14 +265,17 @@ class CriticEnsemble(nn.Module):
         action: Tensor,
         context: Tensor | None = None,
         detach_params: bool = False,
+        batch_statistics: bool = True,
     ) -> Tensor:
         """Q-values (num_critics, batch). `detach_params` lets the actor loss backpropagate into
-        the action without computing gradients for the critics' weights."""
+        the action without computing gradients for the critics' weights. `batch_statistics`
+        (batch renormalisation only): normalise with this batch's statistics and update the
+        running ones; False: the running ones (CrossQ's actor pass)."""
         if self.obs_normalizer is not None:
             obs = self.obs_normalizer(obs)
         hidden = critic_input(obs, action, context)
         weights, biases = self.layer_parameters()
-        plain = not self.layer_norm and not self.dropout
+        plain = not self.layer_norm and not self.dropout and not self.batch_renorms
         if self.fused and plain and self.trace is None and fusable(hidden, weights[0]):
             if detach_params:
                 weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
@@ -234,10 +283,14 @@ class CriticEnsemble(nn.Module):
                 return ensemble_forward(hidden, weights, biases)[0].squeeze(-1)
             return relu_ensemble(hidden, weights, biases).squeeze(-1)
         last = len(self.weights) - 1
+        if self.batch_renorms:  # per-critic statistics: each critic normalises its own copy of the input
+            hidden = hidden.expand(self.num_critics, *hidden.shape)
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if detach_params:
                 weight, bias = weight.detach(), bias.detach()
-            hidden, kind = _ensemble_layer(hidden, weight, first=index == 0)
+            if self.batch_renorms:
+                hidden = self.batch_renorms[index](hidden, batch_statistics, detach_params)
+            hidden, kind = _ensemble_layer(hidden, weight, first=index == 0 and not self.batch_renorms)
             # Bias added separately, not with baddbmm: with a broadcast bias, baddbmm takes a path
             # ~2x slower on CPU. In place where the dtypes agree (the product is fresh, and its
             # backward needs only its inputs): one pass over memory fewer per layer. Under bf16

@@ -100,7 +100,7 @@ def investigate(agent: nn.Module, pre_update: dict[str, Tensor], batch: Any, bac
             kind = type(module).__name__
             handles.append(module.register_forward_hook(
                 lambda _m, _in, out, name=f"{module_name} ({kind})": record(name, out)))
-    for critic_name in ("critic", "critic_target"):
+    for critic_name in ("critic", "critic_target")[: 1 if replica.critic_target is None else 2]:
         getattr(replica, critic_name).trace = lambda layer, out, c=critic_name: record(f"{c} ensemble {layer}", out)
     replica.settings = dataclasses.replace(replica.settings, skip_nonfinite_gradients=False)
     try:
