@@ -44,6 +44,7 @@ RESUMED_OPTIONS = {
                         "training.critic_layer_norm": True, "training.weight_decay": 0.01,
                         "training.obs_normalization": True},
     "crossq": {"training.crossq": True, "training.adam_beta1": 0.5, "training.policy_delay": 3},
+    "simba": {"training.network": "simba", "training.obs_normalization": True, "training.critic_loss": "two_hot"},
 }
 
 

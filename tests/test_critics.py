@@ -230,3 +230,31 @@ def test_crossq_trains_from_the_config(tiny_config):
     trainer = SACTrainer(tiny_config(**{"training.crossq": True, "training.adam_beta1": 0.5,
                                         "training.policy_delay": 3, "training.total_steps": 200}))
     assert trainer.train().steps == 200 and trainer.agent.critic_target is None
+
+
+def test_simba_critic_is_residual_layer_norm_blocks_computed_per_critic():
+    from dynsac.sac.simba import SimbaCriticEnsemble
+
+    torch.manual_seed(0)
+    critic = SimbaCriticEnsemble(3, 2, (8, 8), num_critics=2).double()
+    obs, action = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    q = critic(obs, action)
+    blocks = list(critic.blocks)
+    for e in range(2):
+        x = torch.cat([obs, action], -1) @ critic.embed_weight[e] + critic.embed_bias[e]
+        for b in range(2):
+            gain, offset, w1, b1, w2, b2 = (p[e] for p in blocks[6 * b: 6 * b + 6])
+            normed = torch.nn.functional.layer_norm(x, (8,)) * gain + offset
+            x = x + torch.relu(normed @ w1 + b1) @ w2 + b2
+        x = torch.nn.functional.layer_norm(x, (8,)) * critic.norm_weight[e] + critic.norm_bias[e]
+        assert torch.allclose(q[e], (x @ critic.head_weight[e] + critic.head_bias[e]).squeeze(-1))
+
+
+def test_simba_networks_train_from_the_config_and_refuse_what_they_do_not_combine_with(tiny_config):
+    trainer = SACTrainer(tiny_config(**{"training.network": "simba", "training.obs_normalization": True,
+                                        "training.total_steps": 150}))
+    assert trainer.train().steps == 150 and "SimBa" in trainer.agent.backend_description
+    with pytest.raises(Exception, match="simba does not combine with crossq"):
+        tiny_config(**{"training.network": "simba", "training.crossq": True})
+    with pytest.raises(Exception, match="equal hidden sizes"):
+        tiny_config(**{"training.network": "simba", "training.hidden_sizes": "[32, 64]"})

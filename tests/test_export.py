@@ -28,6 +28,9 @@ CASES = {
     "env": {**PENDULUM_CONTEXT, "context.source": "env"},
     "learned": {**PENDULUM_CONTEXT, "context.source": "learned"},
     "learned_2envs": {**PENDULUM_CONTEXT, "context.source": "learned", "training.num_envs": 2},
+    # The normalised inputs and residual LayerNorm blocks travel inside the exported graph.
+    "simba_obs_normalization": {**PENDULUM_CONTEXT, "context.source": "learned", "training.network": "simba",
+                                "training.obs_normalization": True},
 }
 
 

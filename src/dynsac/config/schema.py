@@ -175,6 +175,12 @@ class TrainingParams(_Section):
         0.0, ge=0.0, lt=1.0, description="DroQ: fraction of each critic hidden layer's units dropped (with "
         "`critic_layer_norm: true` as in DroQ); 0 is none."
     )
+    network: Literal["mlp", "simba"] = Field(
+        "mlp", description="Policy and critic networks: `mlp` (ReLU layers of hidden_sizes), or `simba` (SimBa: a "
+        "linear embedding, one residual pre-LayerNorm block per hidden size, all equal, inner width 4x, a final "
+        "LayerNorm; pair it with `obs_normalization: true`). Not combined with crossq, critic_dropout or "
+        "critic_layer_norm."
+    )
     crossq: bool = Field(
         False, description="CrossQ critics: batch renormalisation of every critic layer's input, no target "
         "network (tau unused), (s, a) and (s', a') through the critics in one batch; the actor's pass uses the "
@@ -286,6 +292,15 @@ class TrainingParams(_Section):
                 f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size}): lower "
                 f"training.batch_size or raise training.buffer_size"
             )
+        if self.network == "simba":
+            clashes = [key for key in ("crossq", "critic_dropout", "critic_layer_norm") if getattr(self, key)]
+            if clashes:
+                raise ValueError(f"network: simba does not combine with {', '.join(clashes)}: set training.network "
+                                 f"to mlp or turn off training.{clashes[0]}")
+            for key in ("actor_layers", "critic_layers"):
+                if len(set(getattr(self, key))) != 1:
+                    raise ValueError(f"network: simba needs equal hidden sizes (one residual block each), got "
+                                     f"{getattr(self, key)} for training.{key.split('_')[0]}_hidden_sizes")
         if self.critic_subset is not None and self.critic_subset > self.num_critics:
             raise ValueError(
                 f"critic_subset ({self.critic_subset}) must not exceed num_critics ({self.num_critics}): lower "

@@ -25,6 +25,7 @@ from dynsac.sac.backends import GradientBackend, choose_backend
 from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, ObservationNormalizer, ObservationStatistics
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
+from dynsac.sac.simba import SimbaCriticEnsemble
 from dynsac.sac.value import ScalarValue, ValueHead
 
 
@@ -60,6 +61,16 @@ def clipped_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float | None
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
     return total, finite, widened
+
+
+def make_critic(obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], context_dim: int, *, network: str,
+                num_critics: int, layer_norm: bool, outputs: int, dropout: float,
+                batch_renorm: bool) -> CriticEnsemble | SimbaCriticEnsemble:
+    """The critic ensemble of these options (`network` "simba": `SimbaCriticEnsemble`)."""
+    if network == "simba":
+        return SimbaCriticEnsemble(obs_dim, action_dim, hidden_sizes, context_dim, num_critics, outputs)
+    return CriticEnsemble(obs_dim, action_dim, hidden_sizes, context_dim, num_critics, layer_norm, outputs, dropout,
+                          batch_renorm)
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,7 @@ class SACAgent(nn.Module):
         value_head: ValueHead | None = None,
         obs_normalization: bool = False,
         crossq: bool = False,
+        network: str = "mlp",
         settings: UpdateSettings | None = None,
         **tunables: Any,
     ) -> None:
@@ -128,11 +140,13 @@ class SACAgent(nn.Module):
         settings = replace(settings or UpdateSettings(), **tunables)
         self.num_critic_updates = 0
         self.policy = GaussianPolicy(
-            obs_dim, action_dim, actor_hidden_sizes, context_dim, action_low, action_high, log_std_min, log_std_max
+            obs_dim, action_dim, actor_hidden_sizes, context_dim, action_low, action_high, log_std_min, log_std_max,
+            network,
         )
         self.value_head = value_head or ScalarValue(settings.huber_delta)
-        self.critic = CriticEnsemble(obs_dim, action_dim, critic_hidden_sizes, context_dim, num_critics,
-                                     critic_layer_norm, self.value_head.bins, critic_dropout, batch_renorm=crossq)
+        self.critic = make_critic(obs_dim, action_dim, critic_hidden_sizes, context_dim, network=network,
+                                  num_critics=num_critics, layer_norm=critic_layer_norm, outputs=self.value_head.bins,
+                                  dropout=critic_dropout, batch_renorm=crossq)
         # Running observation statistics, and the normalising first layer of every network (option).
         self.obs_statistics = ObservationStatistics(obs_dim) if obs_normalization else None
         if obs_normalization:

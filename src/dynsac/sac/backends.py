@@ -227,6 +227,8 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
         return "training.precision is bf16 (autocast runs through the modules)"
     if agent.critic.layer_norm:
         return "critic LayerNorm is on"
+    if agent.policy.network == "simba":
+        return "the networks are SimBa's"
     if agent.crossq:
         return "the critics are CrossQ's (batch renormalisation, no target network)"
     if agent.obs_statistics is not None:

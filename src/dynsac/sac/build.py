@@ -78,5 +78,6 @@ def build_agent(config: Config, obs_dim: int, action_dim: int, context_dim: int,
         value_head=build_value_head(config),
         obs_normalization=params.obs_normalization,
         crossq=params.crossq,
+        network=params.network,
         settings=update_settings(config),
     )

@@ -99,11 +99,19 @@ class GaussianPolicy(nn.Module):
         action_high: Sequence[float] | Tensor | None = None,
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
+        network: str = "mlp",
     ) -> None:
+        """`network`: "mlp" (ReLU layers) or "simba" (`dynsac.sac.simba`, residual LayerNorm blocks)."""
         super().__init__()
         self.obs_dim, self.action_dim, self.context_dim = obs_dim, action_dim, context_dim
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        self.net = mlp(obs_dim + context_dim, hidden_sizes, 2 * action_dim)
+        self.network = network
+        if network == "simba":
+            from dynsac.sac.simba import SimbaMLP  # simba builds on this module
+
+            self.net: nn.Module = SimbaMLP(obs_dim + context_dim, hidden_sizes, 2 * action_dim)
+        else:
+            self.net = mlp(obs_dim + context_dim, hidden_sizes, 2 * action_dim)
         self.obs_normalizer: ObservationNormalizer | None = None  # set by the agent (training.obs_normalization)
         low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
         high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
