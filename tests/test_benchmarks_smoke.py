@@ -1,12 +1,17 @@
-"""Smoke tests of benchmarks/throughput.py and stress.py: the tiniest settings, in a subprocess, then the JSON."""
+"""Smoke tests of the benchmarks (throughput, stress, cli_speed, controller, quality): the tiniest settings, in a
+subprocess, then the JSON."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +142,141 @@ def test_controller_benchmark_prints_every_file_kind(tmp_path, subprocess_env):
     rows = json.loads(out.read_text())["rows"]
     assert {row["kind"] for row in rows.values()} == {"checkpoint", "pt2", "onnx"}
     assert all(row["latency_ms"] > 0 for row in rows.values())
+
+
+# ----------------------------------------------------------------------------- benchmarks/quality.py
+QUALITY = REPO_ROOT / "benchmarks" / "quality.py"
+QUALITY_TINY = ["--seeds", "0", "--steps", "300", "--eval-interval", "150", "--curve-episodes", "1",
+                "--eval-episodes", "2", "--jobs", "1", "--set", "training.learning_starts=100",
+                "--set", "training.hidden_sizes=[32,32]", "--set", "training.batch_size=32",
+                "--set", "context.encoder_hidden_sizes=[32]", "--set", "context.model_hidden_sizes=[32]",
+                "--set", "logging.tensorboard=false"]
+
+
+def run_quality(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "quality.json"
+    command = [sys.executable, str(QUALITY), *QUALITY_TINY, "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
+               *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=150, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def check_quality_runs(report: dict, keys: set[str]) -> None:
+    assert report["finished"] and report["runs_complete"] == len(keys)
+    assert set(report["runs"]) == keys
+    for run in report["runs"].values():
+        assert "error" not in run, run.get("traceback")
+        assert run["train_steps"] == 300
+        assert [point["step"] for point in run["curve"]] == [150, 300]  # every --eval-interval, the last at the end
+        assert all(len(point["returns"]) == 1 and math.isfinite(point["return_mean"]) for point in run["curve"])
+        splits = {"train"} if run["task"] == "pendulum" else {"train", "test"}
+        assert set(run["final"]) == splits
+        for record in run["final"].values():
+            assert len(record["returns"]) == 2 and all(math.isfinite(r) for r in record["returns"])
+            if run["task"].startswith("linear"):
+                assert 0 < record["optimality_ratio"] < 10 and len(record["optimal_returns"]) == 2
+            else:
+                assert record["optimality_ratio"] is None
+    for key in ("command", "git", "versions", "wall_time_s", "summary", "verdict"):
+        assert key in report
+    assert report["versions"]["torch"] and report["versions"]["gymnasium"]
+
+
+def test_quality_benchmark_dynsac(tmp_path, subprocess_env):
+    report, stdout = run_quality(tmp_path, subprocess_env, "--systems", "dynsac", "--tasks", "pendulum,linear_learned")
+    check_quality_runs(report, {"pendulum_dynsac_seed0", "linear_learned_dynsac_seed0"})
+    for run in report["runs"].values():
+        assert run["native_agrees"]  # the benchmark's evaluation is the trainer's own, episode for episode
+        assert all(p["return_mean"] == p["native_return_mean"] for p in run["curve"])
+    assert (tmp_path / "runs" / "linear_learned_dynsac_seed0" / "metrics.jsonl").is_file()
+    assert "| task" in stdout and "| linear_learned | dynsac" in stdout and "| pendulum       | dynsac" in stdout
+    assert "(a) linear_learned" in stdout and "(d) Pendulum-v1" in stdout
+
+
+def test_quality_benchmark_peers(tmp_path, subprocess_env):
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("sb3_contrib")
+    # learning_starts 200: CrossQ's default 1024-unit critics take ~0.1 s an update on one thread.
+    report, stdout = run_quality(tmp_path, subprocess_env, "--systems", "sb3,crossq", "--tasks", "pendulum",
+                                 "--set", "training.learning_starts=200")
+    check_quality_runs(report, {"pendulum_sb3_seed0", "pendulum_crossq_seed0"})
+    for run in report["runs"].values():
+        assert run["peer_settings"]["learning_starts"] == 200 and not run["peer_settings"]["appended_context"]
+    assert report["runs"]["pendulum_sb3_seed0"]["peer_settings"]["batch_size"] == 256
+    assert "| pendulum | sb3" in stdout and "| pendulum | crossq" in stdout
+
+
+def load_quality():
+    sys.path.insert(0, str(QUALITY.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("quality_under_test", QUALITY)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(QUALITY.parent))
+
+
+def test_quality_classic_merge_keeps_env_and_source(tmp_path):
+    quality = load_quality()
+    task = {"env": {"id": "dynsac/RandomLinear-v0", "kwargs": {"action_dim": 10}},
+            "context": {"source": "learned", "dim": 10}, "training": {"learning_rate": 3e-4, "hidden_sizes": [256]}}
+    classic = {"env": {"id": "Other-v0"}, "context": {"source": "none", "dim": 4},
+               "training": {"critic_loss": "mse", "hidden_sizes": [64, 64]}, "safety": {"sanitize_inputs": True}}
+    merged, ignored = quality.merge_classic(task, classic)
+    assert merged == {"env": task["env"], "context": {"source": "learned", "dim": 4},
+                      "training": {"learning_rate": 3e-4, "hidden_sizes": [64, 64], "critic_loss": "mse"},
+                      "safety": {"sanitize_inputs": True}}
+    assert ignored == ["env", "context.source"] and task["context"]["dim"] == 10  # the task config is not changed
+    merged, _ = quality.merge_classic({"env": {"id": "Pendulum-v1"}}, {"context": {"source": "env", "dim": 3}})
+    assert merged == {"env": {"id": "Pendulum-v1"}, "context": {"dim": 3}}  # the default source stays
+    with pytest.raises(ValueError, match="does not exist"):
+        quality.prepare_classic(tmp_path, {}, tmp_path / "sac_classic.yaml", None)
+
+
+def test_quality_peer_observation_has_the_true_context():
+    from dynsac.envs.factory import make_env
+
+    quality = load_quality()
+    env = quality.AppendContext(make_env("dynsac/RandomLinear-v0", {"split": "test"}))
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == env.observation_space.shape == (7,)
+    np.testing.assert_array_equal(obs[4:], env.unwrapped.context)
+    obs, *_ = env.step(env.action_space.sample())
+    np.testing.assert_array_equal(obs[4:], env.unwrapped.context)
+
+
+def test_quality_targets_from_a_summary():
+    quality = load_quality()
+
+    def entry(seeds=3, **metrics):
+        threshold = metrics.pop("threshold", None)
+        return {"seeds": list(range(seeds)), **{k: tuple(v) for k, v in metrics.items()}, "threshold": threshold}
+
+    def reached(steps):
+        hits = [s for s in steps if s is not None]
+        return {"value": -200.0, "metric": "return", "reached": len(hits), "of": len(steps), "steps": steps,
+                "mean_step": sum(hits) / len(hits) if hits else None}
+
+    summary = {
+        "linear_none/dynsac": entry(train_ratio=(0.5, 0.05), test_ratio=(0.40, 0.05)),
+        "linear_learned/dynsac": entry(train_ratio=(0.93, 0.01), test_ratio=(0.86, 0.02)),
+        "linear_env/dynsac": entry(train_ratio=(0.95, 0.01), test_ratio=(0.90, 0.01)),
+        "pendulum_none/dynsac": entry(test_return=(-900.0, 50.0)),
+        "pendulum_learned/dynsac": entry(test_return=(-850.0, 40.0)),  # +50 < 90 spread; 50 / 300 of the gap
+        "pendulum_env/dynsac": entry(test_return=(-600.0, 30.0)),
+        "pendulum/dynsac": entry(train_return=(-150.0, 5.0), threshold=reached([4000, 5000, 6000])),
+        "pendulum/sb3": entry(train_return=(-160.0, 5.0), threshold=reached([7000, 8000, None])),
+        "pendulum/crossq": entry(train_return=(-155.0, 5.0), threshold=reached([3000, 3000, 3000])),
+    }
+    a, b, c, d = (check(summary) for check in (quality.target_a, quality.target_b, quality.target_c, quality.target_d))
+    assert a["status"] == "PASS" and d["status"] == "PASS"  # dynsac reached -200 in 3 seeds, sb3 in 2
+    assert b["status"] == c["status"] == "FAIL"  # linear passes both, pendulum neither
+    assert [line.split()[-1] for line in b["detail"]] == ["PASS", "FAIL"]
+    assert [line.split()[-1] for line in c["detail"]] == ["PASS", "FAIL"]
+    summary["pendulum/dynsac"]["threshold"] = reached([9000, None, None])
+    assert quality.target_d(summary)["status"] == "FAIL"
+    del summary["pendulum/crossq"], summary["linear_env/dynsac"], summary["pendulum_env/dynsac"]
+    assert quality.target_d(summary)["status"] == quality.target_c(summary)["status"] == "N/A"
+    assert quality.format_verdict([a, b, c, d]).startswith("PASS  (a)")
