@@ -20,6 +20,7 @@ from dynsac.sac import losses
 from dynsac.sac.agent import SACAgent
 from dynsac.sac.networks import CriticEnsemble, soft_clamp, tanh_gaussian, tanh_gaussian_backward
 from dynsac.sac.replay import Batch
+from dynsac.sac.value import CategoricalValue
 
 from conftest import tiny_overrides
 
@@ -169,6 +170,8 @@ def _assert_same_updates(by_hand: SACAgent, reference: SACAgent, batch: Batch, s
     {"policy_delay": 2},
     {"huber_delta": 0.5, "max_grad_norm": 0.05},
     {"alpha": 0.2},
+    {"value_head": CategoricalValue("hl_gauss", bins=21, bound=100.0)},
+    {"value_head": CategoricalValue("two_hot", bins=21, bound=100.0), "context_dim": 2},
 ])
 def test_by_hand_update_matches_autograd_update(options):
     torch.manual_seed(4)

@@ -199,7 +199,7 @@ class ByHandBackend:
         alpha, loss, q_pred, q_target, weight_grads, bias_grads = self._steps().critic_gradients(
             batch.obs, batch.action, _detached(context), batch.reward, batch.terminated, batch.next_obs,
             sample.next_action, _detached(next_context), sample.next_log_prob, agent.log_alpha, agent.settings.gamma,
-            agent.settings.huber_delta, weights, biases, target_weights, target_biases,
+            agent.value_head, weights, biases, target_weights, target_biases,
         )
         set_grads(weights + biases, weight_grads + bias_grads)
         return CriticResult(alpha, loss, q_pred, q_target)
@@ -212,7 +212,7 @@ class ByHandBackend:
         policy_weights, policy_biases = policy.net.linear_parameters()
         loss, weight_grads, bias_grads = self._steps().actor_gradients(
             batch.obs, _detached(context), sample.action_pi, sample.log_prob_pi, sample.saved, alpha, critic_weights,
-            critic_biases, policy_weights, policy.log_std_min, policy.log_std_max,
+            critic_biases, policy_weights, policy.log_std_min, policy.log_std_max, agent.value_head,
         )
         set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
         return loss
@@ -233,8 +233,6 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
         return "the critics are CrossQ's (batch renormalisation, no target network)"
     if agent.obs_statistics is not None:
         return "observation normalisation is on"
-    if agent.value_head.bins > 1:
-        return "the critics are categorical"
     if agent.critic.dropout:
         return "critic dropout is on"
     if agent.critic.num_critics != 2 or agent.actor_reduction != "min":

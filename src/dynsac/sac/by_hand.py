@@ -26,6 +26,7 @@ from torch import Tensor
 from dynsac.nn import compiled_or_eager, ensemble_backward, ensemble_forward, relu_mlp_backward, relu_mlp_forward
 from dynsac.sac import losses
 from dynsac.sac.networks import critic_input, soft_clamp, tanh_gaussian, tanh_gaussian_backward
+from dynsac.sac.value import ValueHead
 
 class PolicySample(NamedTuple):
     """`sample_policy`'s result. The `_pi` fields are None when the actor does not update."""
@@ -83,32 +84,32 @@ def sample_policy(
 def critic_gradients(
     obs: Tensor, action: Tensor, context: Tensor | None, reward: Tensor, terminated: Tensor, next_obs: Tensor,
     next_action: Tensor, next_context: Tensor | None, next_log_prob: Tensor, log_alpha: Tensor, gamma: float,
-    huber_delta: float | None, weights: Sequence[Tensor], biases: Sequence[Tensor], target_weights: Sequence[Tensor],
+    head: ValueHead, weights: Sequence[Tensor], biases: Sequence[Tensor], target_weights: Sequence[Tensor],
     target_biases: Sequence[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
-    """(alpha, critic loss, q_pred (E, B), q_target (B,), weight gradients, bias gradients)."""
+    """(alpha, critic loss, q_pred (E, B), q_target (B,), weight gradients, bias gradients);
+    `head` reads the critics' outputs (`dynsac.sac.value`)."""
     alpha = log_alpha.exp()
-    next_q = ensemble_forward(critic_input(next_obs, next_action, next_context), target_weights, target_biases)[0]
-    q_target = losses.soft_q_target(reward, terminated, next_q.squeeze(-1), next_log_prob, alpha, gamma)
-    q_pred, inputs = ensemble_forward(critic_input(obs, action, context), weights, biases)
-    q_pred = q_pred.squeeze(-1)
-    loss, grad_q = losses.critic_loss_and_grad(q_pred, q_target, huber_delta)
-    _, weight_grads, bias_grads = ensemble_backward(grad_q.unsqueeze(-1), inputs, weights)
-    return alpha, loss, q_pred, q_target, weight_grads, bias_grads
+    next_output = ensemble_forward(critic_input(next_obs, next_action, next_context), target_weights, target_biases)[0]
+    q_target = losses.soft_q_target(reward, terminated, head.value(next_output), next_log_prob, alpha, gamma)
+    output, inputs = ensemble_forward(critic_input(obs, action, context), weights, biases)
+    loss, grad_output = head.loss_and_grad(output, q_target)
+    _, weight_grads, bias_grads = ensemble_backward(grad_output, inputs, weights)
+    return alpha, loss, head.value(output), q_target, weight_grads, bias_grads
 
 
 def actor_gradients(
     obs: Tensor, context: Tensor | None, action_pi: Tensor, log_prob_pi: Tensor, saved: tuple, alpha: Tensor,
     critic_weights: Sequence[Tensor], critic_biases: Sequence[Tensor], policy_weights: Sequence[Tensor],
-    log_std_min: float, log_std_max: float,
+    log_std_min: float, log_std_max: float, head: ValueHead,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """(actor loss, policy weight gradients, policy bias gradients), through the critics without
     their weight gradients."""
     policy_inputs, noise, std, raw_log_std = saved
-    q_pi, q_inputs = ensemble_forward(critic_input(obs, action_pi, context), critic_weights, critic_biases)
-    loss, grad_q_pi, grad_log_prob = losses.actor_loss_and_grads(q_pi.squeeze(-1), log_prob_pi, alpha)
+    output, q_inputs = ensemble_forward(critic_input(obs, action_pi, context), critic_weights, critic_biases)
+    loss, grad_q_pi, grad_log_prob = losses.actor_loss_and_grads(head.value(output), log_prob_pi, alpha)
     grad_q_input, _, _ = ensemble_backward(
-        grad_q_pi.unsqueeze(-1), q_inputs, critic_weights, param_grads=False, input_grad=True
+        head.value_backward(output, grad_q_pi), q_inputs, critic_weights, param_grads=False, input_grad=True
     )
     obs_dim = obs.shape[-1]
     grad_action = grad_q_input[:, obs_dim:obs_dim + action_pi.shape[-1]]

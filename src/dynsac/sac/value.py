@@ -50,6 +50,12 @@ class ValueHead(Protocol):
     def loss(self, output: Tensor, q_target: Tensor) -> Tensor:
         """Critic loss, summed over critics and averaged over the batch."""
 
+    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor]:
+        """`loss` and its gradient with respect to `output` (E, B, bins), for the hand-derived update."""
+
+    def value_backward(self, output: Tensor, grad_q: Tensor) -> Tensor:
+        """The gradient with respect to `output` (E, B, bins) from that of `value(output)` (E, B)."""
+
 
 class ScalarValue:
     """The classic head: the critic outputs Q itself."""
@@ -60,10 +66,17 @@ class ScalarValue:
         self.huber_delta = huber_delta
 
     def value(self, output: Tensor) -> Tensor:
-        return output
+        return output.squeeze(-1) if output.dim() == 3 else output  # (E, B, 1) from the hand-written passes
 
     def loss(self, output: Tensor, q_target: Tensor) -> Tensor:
         return losses.critic_loss(output, q_target, self.huber_delta)
+
+    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor]:
+        loss, grad = losses.critic_loss_and_grad(output.squeeze(-1), q_target, self.huber_delta)
+        return loss, grad.unsqueeze(-1)
+
+    def value_backward(self, output: Tensor, grad_q: Tensor) -> Tensor:
+        return grad_q.unsqueeze(-1)
 
 
 class CategoricalValue:
@@ -107,6 +120,19 @@ class CategoricalValue:
         target = self.target_probabilities(q_target.detach()).unsqueeze(0)
         cross_entropy = -(target * torch.log_softmax(output, dim=-1)).sum(-1)
         return cross_entropy.mean(dim=1).sum()
+
+    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy's gradient in the logits: (softmax - target) / B."""
+        target = self.target_probabilities(q_target).unsqueeze(0)
+        log_probabilities = torch.log_softmax(output, dim=-1)
+        loss = -(target * log_probabilities).sum(-1).mean(dim=1).sum()
+        return loss, (log_probabilities.exp() - target) / output.shape[1]
+
+    def value_backward(self, output: Tensor, grad_q: Tensor) -> Tensor:
+        """With m = softmax . atoms and Q = symexp(m): dQ/dlogit_i = exp(|m|) p_i (atom_i - m)."""
+        probabilities = torch.softmax(output, dim=-1)
+        mean = probabilities @ self.atoms(output)
+        return (grad_q * mean.abs().exp()).unsqueeze(-1) * probabilities * (self.atoms(output) - mean.unsqueeze(-1))
 
 
 def value_bound(gamma: float, reward_bound: float = 100.0) -> float:
