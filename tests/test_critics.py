@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
 from dynsac.sac.value import CategoricalValue, ScalarValue, symexp, symlog
 from dynsac.training import SACTrainer
+from dynsac.training.logger import read_metrics
 
 # Five atoms at symlog -2, -1, 0, 1, 2: a support whose half-width is symlog(bound) = 2.
 BOUND = math.expm1(2.0)
@@ -258,3 +260,42 @@ def test_simba_networks_train_from_the_config_and_refuse_what_they_do_not_combin
         tiny_config(**{"training.network": "simba", "training.crossq": True})
     with pytest.raises(Exception, match="equal hidden sizes"):
         tiny_config(**{"training.network": "simba", "training.hidden_sizes": "[32, 64]"})
+
+
+OPTION_SETS = {
+    "hl_gauss": {"training.critic_loss": "hl_gauss", "training.critic_bins": 21},
+    "crossq": {"training.crossq": True, "training.adam_beta1": 0.5},
+    "simba": {"training.network": "simba", "training.obs_normalization": True},
+    "redq_droq_adamw": {"training.num_critics": 4, "training.critic_subset": 2, "training.critic_dropout": 0.01,
+                        "training.critic_layer_norm": True, "training.weight_decay": 0.01},
+}
+CONTEXTS = {
+    "none": {},
+    "env": {"env.id": "dynsac/RandomPendulum-v0", "context.source": "env"},
+    "learned": {"env.id": "dynsac/RandomPendulum-v0", "context.source": "learned", "context.history_length": 4,
+                "context.encoder_hidden_sizes": "[16]", "context.model_hidden_sizes": "[16]"},
+}
+
+
+@pytest.mark.parametrize("context", list(CONTEXTS))
+@pytest.mark.parametrize("option", list(OPTION_SETS))
+def test_every_option_trains_with_every_context_source(tiny_config, option, context):
+    trainer = SACTrainer(tiny_config(**OPTION_SETS[option], **CONTEXTS[context],
+                                     **{"training.total_steps": 160, "training.checkpoint_interval": 0}))
+    result = trainer.train()
+    assert result.steps == 160 and np.isfinite(result.final_eval.mean) and trainer.num_updates == 61
+
+
+@pytest.mark.parametrize("option", list(OPTION_SETS))
+def test_a_nan_planted_in_a_critic_is_found_rolled_back_and_the_run_finishes(tmp_path, tiny_config, option):
+    trainer = SACTrainer(tiny_config(**OPTION_SETS[option], **CONTEXTS["learned"],
+                                     **{"safety.snapshot_interval": 50, "training.total_steps": 300}))
+    trainer.train(200)
+    first = trainer.agent.critic.flat_parameters()[0]
+    with torch.no_grad():
+        first.view(-1)[3] = float("nan")
+    result = trainer.train()
+    assert result.steps == 300 and result.stop_reason is None and trainer.rollbacks >= 1
+    assert trainer.supervisor.nonfinite_state() == []
+    nonfinite = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "nonfinite"]
+    assert nonfinite and "critic." in nonfinite[0]["message"] and "forensics" in nonfinite[0]["message"]
