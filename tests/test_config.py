@@ -208,3 +208,14 @@ def test_on_cuda_the_device_memory_is_what_the_buffer_must_fit(tiny_config, monk
     monkeypatch.setattr(resources, "host_memory_available", lambda: (100, "almost none"))
     with pytest.raises(ConfigError, match=r"context.history_length = 4: the acting windows .* of host memory"):
         resources.check_resources(tiny_config(**{"context.source": "learned", "context.history_length": 4}), 3, 1, 10)
+
+
+def test_config_files_merge_in_order_section_by_section(tmp_path):
+    base, over = tmp_path / "base.yaml", tmp_path / "over.yaml"
+    base.write_text("env: {id: Pendulum-v1}\ntraining: {learning_rate: 1.0e-3, batch_size: 64}\n")
+    over.write_text("training: {learning_rate: 5.0e-4, critic_loss: mse}\n")
+    config = load_config([base, over], ["training.tau=0.01"])
+    assert config.env.id == "Pendulum-v1" and config.training.batch_size == 64
+    assert config.training.learning_rate == 5e-4 and config.training.critic_loss == "mse" and config.training.tau == 0.01
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config([base, tmp_path / "missing.yaml"])

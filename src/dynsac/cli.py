@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--config", required=True, action="append",
+                        help="YAML config file; repeated, each merged over the ones before "
+                             "(e.g. --config training/config_dynamics_map.yaml --config configs/sac_classic.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. training.learning_rate=1e-5 (repeatable)")
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT",

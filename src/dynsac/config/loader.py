@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,27 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Read `path` (YAML), apply `key.path=value` overrides in order, and validate."""
-    raw: dict[str, Any] = {} if path is None else read_yaml(Path(path))
+def load_config(path: str | Path | Sequence[str | Path] | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read `path` (YAML; a list of files: each merged over the ones before, section by section and
+    key by key), apply `key.path=value` overrides in order, and validate."""
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    raw: dict[str, Any] = {}
+    for each in paths:
+        raw = merge_sections(raw, read_yaml(Path(each)))
     for override in overrides:
         apply_override(raw, override)
-    return validate_config(raw, source=str(path) if path else "<defaults>")
+    return validate_config(raw, source=" + ".join(str(each) for each in paths) or "<defaults>")
+
+
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into a copy of `base`: mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
