@@ -78,5 +78,6 @@ def test_documented_dynsac_commands_parse_and_their_configs_load():
         except SystemExit:
             raise AssertionError(f"documented command does not parse: {command}") from None
         if getattr(args, "config", None):
-            assert (REPO_ROOT / args.config).exists(), command
-            load_config(REPO_ROOT / args.config, args.overrides)
+            files = [REPO_ROOT / name for name in ([args.config] if isinstance(args.config, str) else args.config)]
+            assert all(file.exists() for file in files), command
+            load_config(files, args.overrides)
