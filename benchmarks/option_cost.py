@@ -29,7 +29,8 @@ from common import REPO_ROOT, git_revision, write_json
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "option_cost.json"
 LEARNED = ["env.id=dynsac/RandomPendulum-v0", "context.source=learned"]
-# redq: 10 critics, the target's min over 2; droq: dropout 0.01 with LayerNorm; adamw: weight decay 0.01.
+# redq: 10 critics, the target's min over 2; droq: dropout 0.01 with LayerNorm; adamw: weight decay 0.01;
+# learned-small / learned-64: the dynamics map with a smaller encoder and predictors.
 OPTIONS: dict[str, list[str]] = {
     "classic": [],
     "hl_gauss": ["training.critic_loss=hl_gauss"],
@@ -42,6 +43,8 @@ OPTIONS: dict[str, list[str]] = {
     "adamw": ["training.weight_decay=0.01"],
     "learned": LEARNED,
     "learned+hl_gauss": [*LEARNED, "training.critic_loss=hl_gauss"],
+    "learned-small": [*LEARNED, "context.encoder_hidden_sizes=[128, 64]", "context.model_hidden_sizes=[128, 128]"],
+    "learned-64": [*LEARNED, "context.encoder_hidden_sizes=[64, 64]", "context.model_hidden_sizes=[64, 64]"],
 }
 
 
