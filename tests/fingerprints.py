@@ -67,6 +67,7 @@ BASE = [
     "training.eval_interval=0", "training.eval_episodes=1", "training.checkpoint_interval=0",
     "logging.log_interval=100", "logging.progress=off", "logging.tensorboard=false",
     "safety.snapshot_interval=50", "training.torch_threads=1",
+    "training.critic_loss=mse",  # the classic critic the fingerprints were recorded with (the default since)
 ]
 PENDULUM_CONTEXT = ["env.id=dynsac/RandomPendulum-v0", "context.encoder_hidden_sizes=[16]",
                     "context.model_hidden_sizes=[16]", "context.history_length=3"]

@@ -299,3 +299,14 @@ def test_a_nan_planted_in_a_critic_is_found_rolled_back_and_the_run_finishes(tmp
     assert trainer.supervisor.nonfinite_state() == []
     nonfinite = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "nonfinite"]
     assert nonfinite and "critic." in nonfinite[0]["message"] and "forensics" in nonfinite[0]["message"]
+
+
+@pytest.mark.parametrize("kind", CategoricalValue.KINDS)
+def test_a_non_finite_target_is_not_clipped_into_the_support(kind):
+    """Clipping would hide it from the safety layer: its projection is NaN, so are loss and gradient."""
+    head = CategoricalValue(kind, bins=5, bound=BOUND)
+    probabilities = head.target_probabilities(torch.tensor([float("inf"), float("nan"), 1e30]))
+    assert torch.isnan(probabilities[:2]).all() and probabilities[2].argmax().item() == 4  # the end atom
+    logits = torch.zeros(1, 2, 5, requires_grad=True)
+    head.loss(logits, torch.tensor([-float("inf"), 0.0])).backward()
+    assert torch.isnan(logits.grad[0, 0]).all() and torch.isfinite(logits.grad[0, 1]).all()

@@ -157,9 +157,10 @@ class TrainingParams(_Section):
     )
     critic_layer_norm: bool = Field(False, description="LayerNorm after each hidden layer of the critics.")
     critic_loss: Literal["mse", "huber", "hl_gauss", "two_hot"] = Field(
-        "mse", description="TD loss: `mse`, `huber` (quadratic below huber_delta, linear beyond), or a categorical "
-        "critic over `critic_bins` atoms of a symlog support (no per-task value range): `hl_gauss` (the target "
-        "spread as a Gaussian over the atoms) or `two_hot` (on its two nearest atoms), scored by cross-entropy."
+        "hl_gauss", description="TD loss: a categorical critic over `critic_bins` atoms of a symlog support (no "
+        "per-task value range), scored by cross-entropy: `hl_gauss` (the default: the target spread as a Gaussian "
+        "over the atoms) or `two_hot` (on its two nearest atoms); or a scalar critic: `mse` (classic SAC; "
+        "`--config configs/sac_classic.yaml`), `huber` (quadratic below huber_delta, linear beyond)."
     )
     huber_delta: float = Field(1.0, gt=0, description="Where the Huber TD loss turns linear.")
     critic_bins: int = Field(

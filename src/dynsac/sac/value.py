@@ -106,9 +106,13 @@ class CategoricalValue:
         return symexp(probabilities @ self.atoms(output))
 
     def target_probabilities(self, q_target: Tensor) -> Tensor:
-        """The TD targets (B,) projected onto the atoms: (B, bins), each row summing to 1."""
+        """The TD targets (B,) projected onto the atoms: (B, bins), each row summing to 1 (NaN for a
+        non-finite target); finite targets beyond the support land on its end atoms."""
         atoms = self.atoms(q_target)
-        z = symlog(q_target).clamp(-self.z_max, self.z_max).unsqueeze(-1)
+        z = symlog(q_target).clamp(-self.z_max, self.z_max)
+        # A non-finite target stays non-finite (clipping would hide it): its loss and gradient are
+        # then non-finite too, so the safety layer skips the step and finds the transition.
+        z = torch.where(torch.isfinite(q_target), z, torch.full_like(z, float("nan"))).unsqueeze(-1)
         if self.kind == "two_hot":
             return (1.0 - (z - atoms).abs() / self.spacing).clamp(min=0.0)
         edges = torch.cat([atoms - 0.5 * self.spacing, atoms[-1:] + 0.5 * self.spacing])

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -100,9 +100,18 @@ def _v7_to_v8(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _v8_to_v9(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 9 made the categorical critic (`critic_loss: hl_gauss`) the default and added the critic
+    options (ensembles, CrossQ, SimBa, observation normalisation), all off by default; older runs
+    were trained with the squared TD error."""
+    payload["config"].setdefault("training", {}).setdefault("critic_loss", "mse")
+    return payload
+
+
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
+    8: _v8_to_v9,
 }
 
 

@@ -140,7 +140,8 @@ def restore(trainer: SACTrainer, state: dict[str, Any], source: str) -> None:
         agent.load_full_state_dict(state["agent"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(
-            f"{source}: its networks do not match this config (hidden sizes changed?): {str(err).splitlines()[0]}"
+            f"{source}: its networks do not match this config (hidden sizes, critic_loss, num_critics, "
+            f"network, crossq or obs_normalization changed?): {str(err).splitlines()[0]}"
         ) from None
     agent.configure(agent.settings)  # this config's tunables, learning rates included
     if state["buffer"] is not None:
