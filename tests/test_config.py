@@ -179,7 +179,8 @@ def test_memory_estimate_matches_what_is_allocated(tiny_config):
     from dynsac.training import SACTrainer
     from dynsac.training.resources import estimate_memory
 
-    for extra in ({}, {"context.source": "learned", "context.history_length": 4},
+    for extra in ({}, {"context.source": "learned", "context.history_length": 4}, {"training.critic_loss": "mse"},
+                  {"training.network": "simba", "training.num_critics": 3}, {"training.crossq": True},
                   {"env.id": "dynsac/RandomPendulum-v0", "context.source": "env", "training.critic_layer_norm": True}):
         trainer = SACTrainer(tiny_config(**{"training.device": "cpu", **extra}))
         parts = {part.name: part for part in estimate_memory(trainer.config, trainer.obs_dim, trainer.action_dim,

@@ -25,7 +25,6 @@ from dynsac.config import Config, ConfigError
 __all__ = ["MemoryPart", "check_resources", "estimate_memory", "host_memory_available", "device_memory_available"]
 
 FLOAT = 4  # bytes of a float32 (weights, gradients and optimizer states stay fp32 under bf16 too)
-NUM_CRITICS = 2
 
 
 @dataclass
@@ -44,6 +43,24 @@ def mlp_parameters(in_dim: int, hidden_sizes: list[int], out_dim: int) -> int:
     """Weights and biases of a Linear/ReLU MLP."""
     sizes = [in_dim, *hidden_sizes, out_dim]
     return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
+
+def network_parameters(config: Config, obs_dim: int, action_dim: int, context_dim: int) -> tuple[int, int]:
+    """Parameters of the policy and of the critic ensemble `config` builds: the modules themselves,
+    built on the meta device (shapes only, no memory), so every critic option is counted."""
+    from dynsac.sac.agent import make_critic
+    from dynsac.sac.build import build_value_head
+    from dynsac.sac.networks import GaussianPolicy
+
+    params = config.training
+    head = build_value_head(config)
+    with torch.device("meta"):
+        policy = GaussianPolicy(obs_dim, action_dim, params.actor_layers, context_dim, network=params.network)
+        critic = make_critic(obs_dim, action_dim, params.critic_layers, context_dim, network=params.network,
+                             num_critics=params.num_critics, layer_norm=params.critic_layer_norm,
+                             outputs=1 if head is None else head.bins, dropout=params.critic_dropout,
+                             batch_renorm=params.crossq)
+    return sum(p.numel() for p in policy.parameters()), sum(p.numel() for p in critic.parameters())
 
 
 def _copies(config: Config) -> tuple[int, int, str]:
@@ -88,19 +105,16 @@ def estimate_memory(config: Config, obs_dim: int, action_dim: int, context_dim: 
         pieces=pieces,
     ))
 
-    actor = mlp_parameters(obs_dim + context_dim, params.actor_layers, 2 * action_dim)
+    actor, critic = network_parameters(config, obs_dim, action_dim, context_dim)
     parts.append(MemoryPart(
         "the policy", actor * FLOAT * trained_copies, [_actor_knob(config)],
         f"{actor:,} parameters x {trained_copies} copies (value, {copies_what})",
     ))
 
-    critic = mlp_parameters(obs_dim + action_dim + context_dim, params.critic_layers, 1)
-    if params.critic_layer_norm:
-        critic += 2 * sum(params.critic_layers)
-    critic *= NUM_CRITICS
+    target_copies = 0 if params.crossq else target_copies  # CrossQ has no target network
     parts.append(MemoryPart(
         "the critics", critic * FLOAT * (trained_copies + target_copies), [_critic_knob(config)],
-        f"{NUM_CRITICS} critics, {critic:,} parameters x {trained_copies} copies (value, {copies_what}) "
+        f"{params.num_critics} critics, {critic:,} parameters x {trained_copies} copies (value, {copies_what}) "
         f"+ {target_copies} of the targets",
     ))
 
@@ -137,9 +151,11 @@ def _update_memory(config: Config, obs_dim: int, action_dim: int, context_dim: i
     batch = params.batch_size
     floats = batch * (2 * obs_dim + action_dim + 3 + 2 * stored_context)
     actor_width = obs_dim + context_dim + sum(params.actor_layers) + 2 * action_dim
-    critic_width = obs_dim + action_dim + context_dim + sum(params.critic_layers) + 1
-    floats += batch * 2 * 2 * actor_width  # s and s', value and gradient
-    floats += batch * 3 * NUM_CRITICS * 2 * critic_width  # Q(s, a), Q(s', a'), Q(s, pi(s))
+    outputs = params.critic_bins if params.critic_loss in ("hl_gauss", "two_hot") else 1
+    widening = 6 if params.network == "simba" else 1  # a SimBa block: its width, 4x inside, its LayerNorm
+    critic_width = obs_dim + action_dim + context_dim + widening * sum(params.critic_layers) + outputs
+    floats += batch * 2 * 2 * widening * actor_width  # s and s', value and gradient
+    floats += batch * 3 * params.num_critics * 2 * critic_width  # Q(s, a), Q(s', a'), Q(s, pi(s))
     knobs, detail = ["training.batch_size"], f"{batch:,} transitions"
     if context.source == "learned":
         steps = context.history_length + 1  # the windows before s and before s', gathered together
