@@ -172,10 +172,13 @@ def _assert_same_updates(by_hand: SACAgent, reference: SACAgent, batch: Batch, s
     {"alpha": 0.2},
     {"value_head": CategoricalValue("hl_gauss", bins=21, bound=100.0)},
     {"value_head": CategoricalValue("two_hot", bins=21, bound=100.0), "context_dim": 2},
+    {"obs_normalization": True, "context_dim": 2},
 ])
 def test_by_hand_update_matches_autograd_update(options):
     torch.manual_seed(4)
     by_hand = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), **options).double()
+    if by_hand.obs_statistics is not None:  # statistics far from the identity's
+        by_hand.observe(torch.randn(50, 3, dtype=torch.float64) * 3 + 1, None, None)
     reference = copy.deepcopy(by_hand)
     reference.use_backend("autograd")
     batch = _batch(options.get("context_dim", 0))

@@ -181,8 +181,9 @@ class ByHandBackend:
         policy = agent.policy
         weights, biases = policy.net.linear_parameters()
         result = self._steps().sample_policy(
-            with_context(batch.obs, _detached(context)) if update_policy else None,
-            with_context(batch.next_obs, _detached(next_context)), noise, weights, biases, policy.log_std_min,
+            with_context(_normalized(agent, batch.obs), _detached(context)) if update_policy else None,
+            with_context(_normalized(agent, batch.next_obs), _detached(next_context)), noise, weights, biases,
+            policy.log_std_min,
             policy.log_std_max, agent.log_alpha, agent.target_entropy, agent.auto_alpha,
         )
         metrics.update(result.metrics)
@@ -197,7 +198,8 @@ class ByHandBackend:
         weights, biases = agent.critic.layer_parameters()
         target_weights, target_biases = agent.critic_target.layer_parameters()
         alpha, loss, q_pred, q_target, weight_grads, bias_grads = self._steps().critic_gradients(
-            batch.obs, batch.action, _detached(context), batch.reward, batch.terminated, batch.next_obs,
+            _normalized(agent, batch.obs), batch.action, _detached(context), batch.reward, batch.terminated,
+            _normalized(agent, batch.next_obs),
             sample.next_action, _detached(next_context), sample.next_log_prob, agent.log_alpha, agent.settings.gamma,
             agent.value_head, weights, biases, target_weights, target_biases,
         )
@@ -211,11 +213,17 @@ class ByHandBackend:
         critic_weights, critic_biases = agent.critic.layer_parameters()
         policy_weights, policy_biases = policy.net.linear_parameters()
         loss, weight_grads, bias_grads = self._steps().actor_gradients(
-            batch.obs, _detached(context), sample.action_pi, sample.log_prob_pi, sample.saved, alpha, critic_weights,
+            _normalized(agent, batch.obs), _detached(context), sample.action_pi, sample.log_prob_pi, sample.saved, alpha, critic_weights,
             critic_biases, policy_weights, policy.log_std_min, policy.log_std_max, agent.value_head,
         )
         set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
         return loss
+
+
+def _normalized(agent: SACAgent, obs: Tensor) -> Tensor:
+    """The observations as the networks see them (`training.obs_normalization`: every network's
+    normaliser holds the same statistics)."""
+    return obs if agent.obs_statistics is None else agent.policy.obs_normalizer(obs)
 
 
 AUTOGRAD = AutogradBackend()
@@ -231,8 +239,6 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
         return "the networks are SimBa's"
     if agent.crossq:
         return "the critics are CrossQ's (batch renormalisation, no target network)"
-    if agent.obs_statistics is not None:
-        return "observation normalisation is on"
     if agent.critic.dropout:
         return "critic dropout is on"
     if agent.critic.num_critics != 2 or agent.actor_reduction != "min":
