@@ -101,10 +101,12 @@ class UpdateSettings:
 
 
 class SACAgent(nn.Module):
-    """Policy, twin critics with Polyak targets, entropy coefficient, and their optimizers.
+    """Policy, critic ensemble with Polyak targets, entropy coefficient, and their optimizers.
 
-    The structure (sizes, context, alpha mode) is fixed at construction; `settings`
-    (`UpdateSettings`) holds the tunables, applied by `configure`.
+    The structure is fixed at construction: sizes, context, alpha mode, and the critic options
+    (`num_critics`, `critic_layer_norm`, `critic_dropout`, `value_head` (`dynsac.sac.value`; None:
+    a scalar Q), `obs_normalization`, `crossq` (no target network), `network` ("mlp" or "simba")).
+    `settings` (`UpdateSettings`) holds the tunables, applied by `configure`.
     """
 
     def __init__(
