@@ -152,7 +152,8 @@ class SACAgent(nn.Module):
         # Running observation statistics, and the normalising first layer of every network (option).
         self.obs_statistics = ObservationStatistics(obs_dim) if obs_normalization else None
         if obs_normalization:
-            self.policy.obs_normalizer, self.critic.obs_normalizer = ObservationNormalizer(obs_dim), ObservationNormalizer(obs_dim)
+            self.policy.obs_normalizer = ObservationNormalizer(obs_dim)
+            self.critic.obs_normalizer = ObservationNormalizer(obs_dim)
         # CrossQ has no target network: s' goes through the critics with s, in one batch.
         self.crossq = crossq
         self.critic_target = None if crossq else copy.deepcopy(self.critic).requires_grad_(False)

@@ -5,8 +5,9 @@ policy, alpha step, critic step, actor step, map step, targets); at each stage a
 the gradients into the parameters' `.grad` and the agent clips and applies them. Two backends:
 
 - `AutogradBackend`: the losses differentiated by autograd on the modules. The reference, and
-  the one that runs bf16 autocast, the critics' LayerNorm, gradients into the learned context,
-  forward hooks and forensics' per-layer tracing.
+  the one that runs bf16 autocast, the critics' LayerNorm and dropout, CrossQ, SimBa, ensembles
+  other than a twin pair, gradients into the learned context, forward hooks and forensics'
+  per-layer tracing.
 - `ByHandBackend`: each loss's gradient written out (`dynsac.sac.by_hand`,
   `dynamics_map.prediction_gradients`), optionally through `torch.compile`: the same math and
   random draws without autograd's graph (1.4x the updates/s at [64, 64] batch 256 on CPU).
@@ -183,8 +184,7 @@ class ByHandBackend:
         result = self._steps().sample_policy(
             with_context(_normalized(agent, batch.obs), _detached(context)) if update_policy else None,
             with_context(_normalized(agent, batch.next_obs), _detached(next_context)), noise, weights, biases,
-            policy.log_std_min,
-            policy.log_std_max, agent.log_alpha, agent.target_entropy, agent.auto_alpha,
+            policy.log_std_min, policy.log_std_max, agent.log_alpha, agent.target_entropy, agent.auto_alpha,
         )
         metrics.update(result.metrics)
         if result.alpha_grad is not None:
@@ -213,8 +213,9 @@ class ByHandBackend:
         critic_weights, critic_biases = agent.critic.layer_parameters()
         policy_weights, policy_biases = policy.net.linear_parameters()
         loss, weight_grads, bias_grads = self._steps().actor_gradients(
-            _normalized(agent, batch.obs), _detached(context), sample.action_pi, sample.log_prob_pi, sample.saved, alpha, critic_weights,
-            critic_biases, policy_weights, policy.log_std_min, policy.log_std_max, agent.value_head,
+            _normalized(agent, batch.obs), _detached(context), sample.action_pi, sample.log_prob_pi, sample.saved,
+            alpha, critic_weights, critic_biases, policy_weights, policy.log_std_min, policy.log_std_max,
+            agent.value_head,
         )
         set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
         return loss

@@ -187,7 +187,8 @@ class EnsembleBatchRenorm(nn.Module):
     def __init__(self, num_critics: int, features: int, momentum: float = 0.01, warmup_steps: int = 100_000,
                  r_max: float = 3.0, d_max: float = 5.0, epsilon: float = 1e-3) -> None:
         super().__init__()
-        self.momentum, self.warmup_steps, self.r_max, self.d_max, self.epsilon = momentum, warmup_steps, r_max, d_max, epsilon
+        self.momentum, self.warmup_steps, self.epsilon = momentum, warmup_steps, epsilon
+        self.r_max, self.d_max = r_max, d_max
         self.weight = nn.Parameter(torch.ones(num_critics, 1, features))
         self.bias = nn.Parameter(torch.zeros(num_critics, 1, features))
         self.register_buffer("running_mean", torch.zeros(num_critics, 1, features))
@@ -237,7 +238,8 @@ class CriticEnsemble(nn.Module):
         batch_renorm: bool = False,
     ) -> None:
         super().__init__()
-        self.num_critics, self.layer_norm, self.num_outputs, self.dropout = num_critics, layer_norm, num_outputs, dropout
+        self.num_critics, self.layer_norm = num_critics, layer_norm
+        self.num_outputs, self.dropout = num_outputs, dropout
         self.trace: Callable[[str, Tensor], None] | None = None  # set by forensics to inspect each layer
         self.fused = True  # the hand-written passes of dynsac.nn when they apply; False: layer by layer
         self.obs_normalizer: ObservationNormalizer | None = None  # set by the agent (training.obs_normalization)
