@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynsac.context.dynamics_map import DynamicsMap
+from dynsac.context.dynamics_map import DynamicsMap, RunningNormalizer
 from dynsac.context.guard import guard_context
 from dynsac.sac import losses
 from dynsac.sac.backends import GradientBackend, choose_backend
-from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, ObservationNormalizer, ObservationStatistics
+from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, ObservationNormalizer
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
 from dynsac.sac.simba import SimbaCriticEnsemble
@@ -150,7 +150,7 @@ class SACAgent(nn.Module):
                                   num_critics=num_critics, layer_norm=critic_layer_norm, outputs=self.value_head.bins,
                                   dropout=critic_dropout, batch_renorm=crossq)
         # Running observation statistics, and the normalising first layer of every network (option).
-        self.obs_statistics = ObservationStatistics(obs_dim) if obs_normalization else None
+        self.obs_statistics = RunningNormalizer(obs_dim, epsilon=1e-8) if obs_normalization else None
         if obs_normalization:
             self.policy.obs_normalizer = ObservationNormalizer(obs_dim)
             self.critic.obs_normalizer = ObservationNormalizer(obs_dim)
@@ -219,10 +219,12 @@ class SACAgent(nn.Module):
             self.dynamics_map.observe(obs, action, next_obs)
         if self.obs_statistics is not None:
             self.obs_statistics.update(obs)
-            shift, scale = self.obs_statistics.shift_and_scale()
+            stats = self.obs_statistics
+            if stats.count < 2:  # no spread yet: the identity
+                return
             for network in filter(None, (self.policy, self.critic, self.critic_target)):
-                network.obs_normalizer.shift.copy_(shift)
-                network.obs_normalizer.scale.copy_(scale)
+                network.obs_normalizer.shift.copy_(stats.mean)
+                network.obs_normalizer.scale.copy_(stats.std.reciprocal())
 
     @torch.no_grad()
     def acting_context(self, env_context: Any = None, window: Any = None, mask: Any = None) -> Tensor | None:

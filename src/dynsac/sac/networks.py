@@ -323,7 +323,7 @@ class CriticEnsemble(nn.Module):
 class ObservationNormalizer(nn.Module):
     """(obs - mean) / std, clipped to +-`clip`: the first layer of a network whose inputs are
     normalised. Its shift and scale are buffers (saved with the network, exported with the policy),
-    set from the agent's running `ObservationStatistics`."""
+    set from the agent's running statistics (`SACAgent.observe`)."""
 
     def __init__(self, obs_dim: int, clip: float = 10.0) -> None:
         super().__init__()
@@ -333,33 +333,3 @@ class ObservationNormalizer(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return ((obs - self.shift) * self.scale).clamp(-self.clip, self.clip)
-
-
-class ObservationStatistics(nn.Module):
-    """Running mean and variance of every observation collected, in float64 (Chan et al.'s
-    parallel update, so a batch of N envs' observations counts as N). Buffers: they travel in
-    checkpoints, so a resumed run normalises exactly as the uninterrupted one."""
-
-    def __init__(self, obs_dim: int, epsilon: float = 1e-8) -> None:
-        super().__init__()
-        self.epsilon = epsilon
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(obs_dim, dtype=torch.float64))
-        self.register_buffer("sum_squares", torch.zeros(obs_dim, dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, obs: Tensor) -> None:
-        obs = obs.detach().reshape(-1, self.mean.shape[0]).to(torch.float64)
-        batch_count = obs.shape[0]
-        batch_mean = obs.mean(0)
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.sum_squares += ((obs - batch_mean) ** 2).sum(0) + delta**2 * self.count * batch_count / total
-        self.mean += delta * batch_count / total
-        self.count.copy_(total)
-
-    def shift_and_scale(self) -> tuple[Tensor, Tensor]:
-        """Mean and 1 / std (1 while fewer than two observations)."""
-        if self.count < 2:
-            return torch.zeros_like(self.mean), torch.ones_like(self.mean)
-        return self.mean, (self.sum_squares / self.count + self.epsilon).rsqrt()
