@@ -218,13 +218,16 @@ class SACAgent(nn.Module):
         if self.dynamics_map is not None:
             self.dynamics_map.observe(obs, action, next_obs)
         if self.obs_statistics is not None:
-            self.obs_statistics.update(obs)
             stats = self.obs_statistics
-            if stats.count < 2:  # no spread yet: the identity
-                return
+            stats.update(obs)
+            # Until there is a spread (two observations), the identity; decided on the device, so
+            # acting never waits on it.
+            spread = stats.count >= 2
+            shift = torch.where(spread, stats.mean, torch.zeros_like(stats.mean))
+            scale = torch.where(spread, stats.std.reciprocal(), torch.ones_like(stats.mean))
             for network in filter(None, (self.policy, self.critic, self.critic_target)):
-                network.obs_normalizer.shift.copy_(stats.mean)
-                network.obs_normalizer.scale.copy_(stats.std.reciprocal())
+                network.obs_normalizer.shift.copy_(shift)
+                network.obs_normalizer.scale.copy_(scale)
 
     @torch.no_grad()
     def acting_context(self, env_context: Any = None, window: Any = None, mask: Any = None) -> Tensor | None:
