@@ -67,7 +67,9 @@ BASE = [
     "training.eval_interval=0", "training.eval_episodes=1", "training.checkpoint_interval=0",
     "logging.log_interval=100", "logging.progress=off", "logging.tensorboard=false",
     "safety.snapshot_interval=50", "training.torch_threads=1",
-    "training.critic_loss=mse",  # the classic critic the fingerprints were recorded with (the default since)
+    # The defaults the fingerprints were recorded with (changed since, by measurement: docs/critics.md).
+    "training.critic_loss=mse", "training.init_alpha=1.0", "training.alpha_learning_rate=null",
+    "training.max_grad_norm=null", "context.dim=10",
 ]
 PENDULUM_CONTEXT = ["env.id=dynsac/RandomPendulum-v0", "context.encoder_hidden_sizes=[16]",
                     "context.model_hidden_sizes=[16]", "context.history_length=3"]

@@ -4,8 +4,9 @@ float64 so that any mistake shows far above rounding."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+
+import copy
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,41 @@ def test_by_hand_update_matches_autograd_update(options):
     reference.use_backend("autograd")
     batch = _batch(options.get("context_dim", 0))
     _assert_same_updates(by_hand, reference, batch, steps=6)
+
+
+def _n_step_batch(context_dim: int = 0) -> Batch:
+    batch = _batch(context_dim)
+    steps = torch.arange(batch.obs.shape[0]) % 3 + 1
+    batch.discount, batch.step_next_obs = 0.99 ** steps.double(), batch.next_obs.flip(0)
+    return batch
+
+
+@pytest.mark.parametrize("options", [{}, {"value_head": CategoricalValue("hl_gauss", bins=21, bound=100.0),
+                                         "context_dim": 2}])
+def test_by_hand_update_matches_autograd_on_an_n_step_batch(options):
+    torch.manual_seed(4)
+    by_hand = SACAgent(3, 2, actor_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32), **options).double()
+    reference = copy.deepcopy(by_hand)
+    reference.use_backend("autograd")
+    _assert_same_updates(by_hand, reference, _n_step_batch(options.get("context_dim", 0)), steps=4)
+
+
+@pytest.mark.parametrize("backend", ["by_hand", "autograd"])
+def test_an_n_step_batch_discounts_each_row_by_its_own_power_of_gamma(backend):
+    """discount = gamma in every row is the 1-step update, bit for bit; gamma^m changes the target."""
+    torch.manual_seed(4)
+    one_step = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), gamma=0.9).double()
+    one_step.use_backend(backend)
+    same, other = copy.deepcopy(one_step), copy.deepcopy(one_step)
+    batch = _batch()
+    torch.manual_seed(0)
+    expected = one_step.update(batch)
+    torch.manual_seed(0)
+    got = same.update(dataclasses.replace(batch, discount=torch.full_like(batch.reward, 0.9)))
+    assert all(torch.equal(got[name], value) for name, value in expected.items())
+    torch.manual_seed(0)
+    squared = other.update(dataclasses.replace(batch, discount=torch.full_like(batch.reward, 0.81)))
+    assert not torch.equal(squared["q_target_mean"], expected["q_target_mean"])
 
 
 def test_backend_is_chosen_once_with_its_reason():

@@ -268,6 +268,7 @@ OPTION_SETS = {
     "simba": {"training.network": "simba", "training.obs_normalization": True},
     "redq_droq_adamw": {"training.num_critics": 4, "training.critic_subset": 2, "training.critic_dropout": 0.01,
                         "training.critic_layer_norm": True, "training.weight_decay": 0.01},
+    "n_step": {"training.n_step": 3},
 }
 CONTEXTS = {
     "none": {},

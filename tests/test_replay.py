@@ -58,3 +58,56 @@ def test_load_rejects_wrong_shapes():
     fill(buffer, 3)
     with pytest.raises(ValueError, match="field 'obs' has shape \\(3, 2\\), expected \\(3, 4\\)"):
         ReplayBuffer(8, 4, 1).load_state_dict(buffer.state_dict())
+
+
+def n_step_by_loop(buffer, index, n_step, gamma):
+    """The n-step return of one stored transition, walking forward one transition of its env at a time."""
+    total, slot, stored_after = 0.0, index, (buffer.position - 1 - index) % buffer.capacity
+    for k in range(n_step):
+        candidate = (index + k * buffer.num_envs) % buffer.capacity
+        if k and (k * buffer.num_envs > stored_after or buffer.episode_id[candidate] != buffer.episode_id[index]):
+            break
+        slot = candidate
+        total += gamma**k * buffer.reward[slot].item()
+        if buffer.terminated[slot] or buffer.truncated[slot]:
+            k += 1
+            break
+    else:
+        k = n_step
+    steps = k if k else 1
+    return slot, total, gamma**steps
+
+
+@pytest.mark.parametrize("capacity, count, num_envs", [(40, 23, 1), (8, 11, 1), (16, 29, 2), (12, 12, 1)])
+def test_n_step_returns_match_a_loop_over_the_stored_transitions(capacity, count, num_envs):
+    """Episode ends (terminated at i % 7 == 6, truncated at i % 5 == 4), the newest transition, a
+    wrapped buffer and interleaved envs all stop the sum where the loop stops it."""
+    buffer = ReplayBuffer(capacity, 2, 1, num_envs=num_envs)
+    fill(buffer, count)
+    index = torch.arange(len(buffer))
+    for n_step in (1, 2, 3, 6):
+        last, returns, discount, summed = buffer.n_step_returns(index, n_step, 0.9)
+        for i in range(len(buffer)):
+            slot, total, power = n_step_by_loop(buffer, i, n_step, 0.9)
+            assert last[i].item() == slot, (n_step, i)
+            assert returns[i].item() == pytest.approx(total, rel=1e-6) and discount[i].item() == pytest.approx(power)
+            assert slot in summed[i].tolist() and i in summed[i].tolist()
+
+
+def test_an_n_step_batch_bootstraps_from_the_last_summed_state_and_keeps_the_one_step_transition():
+    buffer = ReplayBuffer(40, 2, 1, context_dim=1)
+    for i in range(12):  # one episode of 12 steps, truncated at the end; obs = step, context = 10 * step
+        buffer.add(np.full(2, i), np.zeros(1), 1.0, np.full(2, i + 1), False, i == 11, 0,
+                   np.full(1, 10.0 * i), np.full(1, 10.0 * (i + 1)))
+    torch.manual_seed(0)
+    batch = buffer.sample(64, history_length=3, n_step=3, gamma=0.5)
+    start = batch.index.float()
+    steps = torch.clamp(12 - start, max=3)  # the episode ends after step 11
+    assert torch.equal(batch.step_next_obs[:, 0], start + 1) and torch.equal(batch.next_obs[:, 0], start + steps)
+    assert torch.equal(batch.next_context[:, 0], 10 * (start + steps)) and torch.equal(batch.context[:, 0], 10 * start)
+    assert torch.allclose(batch.reward, (1 - 0.5**steps) / 0.5) and torch.allclose(batch.discount, 0.5**steps)
+    # The window before s' ends with the transition into it.
+    last_obs = batch.next_window[:, -1, 0]
+    assert torch.equal(last_obs, start + steps - 1) and torch.equal(batch.window[:, -1, 0][start > 0], (start - 1)[start > 0])
+    one_step = buffer.sample(4)
+    assert one_step.discount is None and one_step.transition_next_obs is one_step.next_obs

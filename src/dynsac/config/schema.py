@@ -90,17 +90,18 @@ class ContextConfig(_Section):
         "`{obs, context}`; `learned`: the dynamics-map encoder over the last transitions.",
     )
     dim: int = Field(
-        10, ge=1, le=4096, description="Size of the learned context vector (`learned` only; at most 4096)."
+        4, ge=1, le=4096, description="Size of the learned context vector (`learned` only; at most 4096). 4 is "
+        "above the 2-3 parameters that vary in the measured families (docs/critics.md)."
     )
     history_length: int = Field(
         10, ge=1, le=10_000, description="Transitions K in the encoder's window (`learned` only; at most 10,000)."
     )
     encoder_hidden_sizes: list[int] = Field(
-        [256, 128, 64], min_length=1, max_length=MAX_LAYERS,
+        [128, 64], min_length=1, max_length=MAX_LAYERS,
         description="Encoder layers (1 to 16 layers of 1 to 65536 units, as every layer list).",
     )
     model_hidden_sizes: list[int] = Field(
-        [200, 200], min_length=1, max_length=MAX_LAYERS,
+        [128, 128], min_length=1, max_length=MAX_LAYERS,
         description="Layers of the forward and backward dynamics predictors.",
     )
     backward_weight: float = Field(0.5, ge=0, le=MAX_FACTOR, description="Weight of the backward prediction loss.")
@@ -127,7 +128,10 @@ class TrainingParams(_Section):
     learning_rate: float = Field(3e-4, gt=0, le=1, description="Adam learning rate of every network.")
     actor_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the policy.")
     critic_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the critics.")
-    alpha_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for log-alpha.")
+    alpha_learning_rate: float | None = Field(
+        3e-3, gt=0, le=1, description="Adam learning rate of log-alpha; null: learning_rate. 3e-3 lets alpha "
+        "fall to the normalised reward's scale within a few thousand steps."
+    )
     gamma: float = Field(0.99, ge=0, lt=1, description="Discount factor, in [0, 1).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak coefficient of the target critics, in (0, 1].")
     reward_scale: float = Field(
@@ -135,7 +139,7 @@ class TrainingParams(_Section):
         "stored as float32, which ends at ~3.4e38)."
     )
     max_grad_norm: float | None = Field(
-        None, gt=0, description="Clip each network's gradient to this global norm; null: no clipping."
+        5.0, gt=0, description="Clip each network's gradient to this global norm; null: no clipping."
     )
     batch_size: int = Field(
         256, ge=1, le=10_000_000, description="Transitions per gradient update (at most buffer_size, and 10,000,000)."
@@ -145,6 +149,11 @@ class TrainingParams(_Section):
         "that does not fit in the memory available is refused when the trainer is built, with the largest that fits."
     )
     updates_per_step: int = Field(1, ge=1, le=1000, description="Gradient updates per environment step (at most 1000).")
+    n_step: int = Field(
+        1, ge=1, le=1000, description="TD targets over n-step returns: the discounted rewards of up to n transitions "
+        "of the same episode, bootstrapping gamma^m after the m-th (stopping at its end or the newest transition "
+        "stored); 1 is SAC's 1-step target. The buffer stores 1-step transitions either way."
+    )
     hidden_sizes: list[int] = Field(
         [256, 256], min_length=1, max_length=MAX_LAYERS,
         description="Hidden layers of policy and critics (1 to 16 layers of 1 to 65536 units, as every layer list).",
@@ -198,7 +207,10 @@ class TrainingParams(_Section):
     alpha: float | Literal["auto"] = Field(
         "auto", description="Entropy coefficient: a positive number (fixed, at most 1e6) or `auto` (tuned)."
     )
-    init_alpha: float = Field(1.0, gt=0, le=MAX_FACTOR, description="Starting alpha when `alpha: auto` (at most 1e6).")
+    init_alpha: float = Field(
+        0.05, gt=0, le=MAX_FACTOR, description="Starting alpha when `alpha: auto` (at most 1e6). Alpha 1 would "
+        "make the entropy bonus outweigh the normalised reward at first (10x with 10 action dims)."
+    )
     target_entropy: float | Literal["auto"] = Field(
         "auto", description="Entropy target of automatic tuning, between -1e6 and 1e6; `auto` = -action_dim."
     )

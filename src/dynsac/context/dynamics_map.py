@@ -152,10 +152,10 @@ class DynamicsMap(nn.Module):
         self,
         obs_dim: int,
         action_dim: int,
-        context_dim: int = 10,
+        context_dim: int = 4,
         history_length: int = 10,
-        encoder_hidden_sizes: Sequence[int] = (256, 128, 64),
-        model_hidden_sizes: Sequence[int] = (200, 200),
+        encoder_hidden_sizes: Sequence[int] = (128, 64),
+        model_hidden_sizes: Sequence[int] = (128, 128),
         backward_weight: float = 0.5,
         bounded: bool = True,
     ) -> None:

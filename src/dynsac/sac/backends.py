@@ -82,7 +82,7 @@ class AutogradBackend:
         with torch.no_grad():
             next_context = dynamics_map.encode(batch.next_window, batch.next_window_mask)
         context = dynamics_map.encode(batch.window, batch.window_mask)
-        loss, metrics = dynamics_map.prediction_loss(batch.obs, batch.action, batch.next_obs, context)
+        loss, metrics = dynamics_map.prediction_loss(batch.obs, batch.action, batch.transition_next_obs, context)
         agent.map_optimizer.zero_grad(set_to_none=True)
         loss.backward(retain_graph=agent.critic_gradient_to_map or not agent.detach_policy_context)
         return context, next_context, metrics
@@ -113,7 +113,7 @@ class AutogradBackend:
         output, next_output = _critic_outputs(agent, batch, critic_context, next_context, sample)
         next_q = agent.target_critics(head.value(next_output.to(alpha.dtype)))
         q_target = losses.soft_q_target(batch.reward, batch.terminated, next_q, sample.next_log_prob.to(alpha.dtype),
-                                        alpha, agent.settings.gamma)
+                                        alpha, _discount(agent, batch))
         output = output.to(alpha.dtype)
         loss = head.loss(output, q_target)
         _backward(agent, agent.critic_optimizer, loss)
@@ -150,6 +150,11 @@ def _critic_outputs(agent: SACAgent, batch: Batch, context: Tensor | None, next_
     return output, next_output.detach()
 
 
+def _discount(agent: SACAgent, batch: Batch) -> float | Tensor:
+    """gamma, or gamma^m per row for an n-step batch."""
+    return agent.settings.gamma if batch.discount is None else batch.discount
+
+
 def _policy_context(agent: SACAgent, context: Tensor | None) -> Tensor | None:
     return context.detach() if context is not None and agent.detach_policy_context else context
 
@@ -173,7 +178,7 @@ class ByHandBackend:
     def learn_context(self, agent: SACAgent, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         return agent.dynamics_map.learn_by_hand(
             batch.window, batch.window_mask, batch.next_window, batch.next_window_mask, batch.obs, batch.action,
-            batch.next_obs, compiled=self.compiled,
+            batch.transition_next_obs, compiled=self.compiled,
         )
 
     @torch.no_grad()
@@ -200,7 +205,7 @@ class ByHandBackend:
         alpha, loss, q_pred, q_target, weight_grads, bias_grads = self._steps().critic_gradients(
             _normalized(agent, batch.obs), batch.action, _detached(context), batch.reward, batch.terminated,
             _normalized(agent, batch.next_obs),
-            sample.next_action, _detached(next_context), sample.next_log_prob, agent.log_alpha, agent.settings.gamma,
+            sample.next_action, _detached(next_context), sample.next_log_prob, agent.log_alpha, _discount(agent, batch),
             agent.value_head, weights, biases, target_weights, target_biases,
         )
         set_grads(weights + biases, weight_grads + bias_grads)

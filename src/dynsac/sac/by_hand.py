@@ -83,8 +83,8 @@ def sample_policy(
 
 def critic_gradients(
     obs: Tensor, action: Tensor, context: Tensor | None, reward: Tensor, terminated: Tensor, next_obs: Tensor,
-    next_action: Tensor, next_context: Tensor | None, next_log_prob: Tensor, log_alpha: Tensor, gamma: float,
-    head: ValueHead, weights: Sequence[Tensor], biases: Sequence[Tensor], target_weights: Sequence[Tensor],
+    next_action: Tensor, next_context: Tensor | None, next_log_prob: Tensor, log_alpha: Tensor,
+    gamma: float | Tensor, head: ValueHead, weights: Sequence[Tensor], biases: Sequence[Tensor], target_weights: Sequence[Tensor],
     target_biases: Sequence[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
     """(alpha, critic loss, q_pred (E, B), q_target (B,), weight gradients, bias gradients);

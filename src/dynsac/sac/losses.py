@@ -15,12 +15,12 @@ def soft_q_target(
     next_q: Tensor,
     next_log_prob: Tensor,
     alpha: Tensor,
-    gamma: float,
+    gamma: float | Tensor,
 ) -> Tensor:
     """r + gamma * (1 - terminated) * (min_E Q_target(s', a') - alpha * log pi(a'|s')).
 
     Only termination stops bootstrapping; a time-limit truncation is stored as not terminated, so
-    the target bootstraps through it.
+    the target bootstraps through it. `gamma` may be per row (B,): gamma^m for n-step returns.
     """
     soft_value = next_q.min(dim=0).values - alpha * next_log_prob
     return reward + gamma * (1.0 - terminated) * soft_value

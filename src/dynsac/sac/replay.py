@@ -3,6 +3,8 @@
 Terminated and truncated are stored apart (only termination stops bootstrapping), and each
 transition keeps its episode id, so that the K transitions before a sampled one in the same
 episode can be gathered by index arithmetic instead of storing a copy of the window per transition.
+The same arithmetic finds the transitions after it for n-step returns, so the buffer stores
+1-step transitions whatever `n_step` is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ class Batch:
 
     `context`/`next_context` hold the env's context (source `env`); `window`/`next_window` the
     history windows (B, K, F) before s and before s' with their masks (source `learned`).
+
+    With n-step returns (`discount` set), s' is the state the TD target bootstraps from, m <= n steps
+    after s: `reward` is the discounted sum of the m rewards, `terminated` the m-th transition's,
+    `discount` gamma^m per row, and `step_next_obs` the state one step after s (what the dynamics
+    map predicts). With `discount` None the batch is 1-step and `step_next_obs` is `next_obs`.
     """
 
     obs: Tensor
@@ -37,6 +44,14 @@ class Batch:
     window_mask: Tensor | None = None
     next_window: Tensor | None = None
     next_window_mask: Tensor | None = None
+    discount: Tensor | None = None
+    step_next_obs: Tensor | None = None
+    return_slots: Tensor | None = None  # n-step: (B, n) buffer slots whose rewards were summed (repeats pad)
+
+    @property
+    def transition_next_obs(self) -> Tensor:
+        """The state one step after s (the dynamics map's target), whether or not the batch is n-step."""
+        return self.next_obs if self.step_next_obs is None else self.step_next_obs
 
 
 class ReplayBuffer:
@@ -102,10 +117,14 @@ class ReplayBuffer:
         self.position = (slot + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_size: int, history_length: int = 0, generator: torch.Generator | None = None) -> Batch:
+    def sample(
+        self, batch_size: int, history_length: int = 0, generator: torch.Generator | None = None,
+        n_step: int = 1, gamma: float = 0.99,
+    ) -> Batch:
         """Uniform sample with replacement (no host sync: indices are drawn on the buffer's device).
 
-        With `history_length` K > 0 the batch carries the K-transition windows before s and s'."""
+        With `history_length` K > 0 the batch carries the K-transition windows before s and s'. With
+        `n_step` > 1 it bootstraps from up to n steps ahead (see `Batch`), discounted by `gamma`."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
@@ -117,13 +136,41 @@ class ReplayBuffer:
             terminated=self.terminated[index],
             index=index,
         )
+        last = index
+        if n_step > 1:
+            last, batch.reward, batch.discount, batch.return_slots = self.n_step_returns(index, n_step, gamma)
+            batch.step_next_obs, batch.next_obs, batch.terminated = batch.next_obs, self.next_obs[last], self.terminated[last]
         if self.context_dim:
-            batch.context, batch.next_context = self.context[index], self.next_context[index]
+            batch.context, batch.next_context = self.context[index], self.next_context[last]
         if history_length:
             window, mask = self.windows(index, history_length)
             batch.window, batch.window_mask = window[:, :-1], mask[:, :-1]
+            if n_step > 1:
+                window, mask = self.windows(last, history_length)
             batch.next_window, batch.next_window_mask = window[:, 1:], mask[:, 1:]
         return batch
+
+    def n_step_returns(self, index: Tensor, n_step: int, gamma: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For the transitions at `index`: the slot of the last of the next n transitions of the same
+        env and episode that are stored (stopping after a terminated or truncated one), the rewards
+        up to it discounted by `gamma`, gamma^m (m the number of transitions summed, 1 to n), and the
+        slots summed (B, n), the last repeated where m < n."""
+        offsets = torch.arange(n_step, device=index.device) * self.num_envs
+        slots = (index.unsqueeze(1) + offsets) % self.capacity  # (B, n), the first is index itself
+        newer = (self.position - 1 - index) % self.capacity  # transitions stored after index
+        follows = (offsets <= newer.unsqueeze(1)) & (self.episode_id[slots] == self.episode_id[index].unsqueeze(1))
+        ended = self.terminated[slots].bool() | self.truncated[slots]
+        # A transition counts if it follows and none before it in the window ended its episode.
+        before_ended = torch.cumsum(ended.to(torch.int64), dim=1) - ended.to(torch.int64)
+        counted = torch.cumprod((follows & (before_ended == 0)).to(torch.int64), dim=1).bool()
+        steps = counted.sum(dim=1)  # >= 1: index itself always counts
+        powers = gamma ** torch.arange(n_step, device=index.device, dtype=self.reward.dtype)
+        rewards = self.reward[slots]
+        # where, not a product: a non-finite reward outside the window must not leak in as 0 * Inf.
+        returns = torch.where(counted, rewards * powers, torch.zeros_like(rewards)).sum(dim=1)
+        last = slots.gather(1, (steps - 1).unsqueeze(1)).squeeze(1)
+        summed = torch.where(counted, slots, last.unsqueeze(1))
+        return last, returns, gamma ** steps.to(self.reward.dtype), summed
 
     def windows(self, index: Tensor, history_length: int) -> tuple[Tensor, Tensor]:
         """Features (B, K+1, F) and mask (B, K+1) of the transitions ending at `index`, oldest first:

@@ -64,7 +64,7 @@ def state_check_due(safety: SafetyConfig, num_updates: int, suspect: bool, last_
 def repair_stored_transitions(buffer: ReplayBuffer, batch: Batch) -> list[int]:
     """Zero the non-finite entries of the stored transitions in `batch`, so that a poisoned
     transition does not spoil every later batch it lands in. Returns the repaired buffer slots."""
-    slots = batch.index.unique()
+    slots = (batch.index if batch.return_slots is None else batch.return_slots).unique()
     repaired: set[int] = set()
     for name in ("obs", "action", "reward", "next_obs", "terminated"):
         values = getattr(buffer, name)

@@ -178,9 +178,9 @@ class SACTrainer:
 
     def update(self) -> dict[str, torch.Tensor]:
         """One supervised gradient step on a uniformly sampled batch; metrics stay on the device."""
-        context = self.config.context
-        batch = self.buffer.sample(self.config.training.batch_size,
-                                   context.history_length if context.source == "learned" else 0)
+        context, training = self.config.context, self.config.training
+        batch = self.buffer.sample(training.batch_size, context.history_length if context.source == "learned" else 0,
+                                   n_step=training.n_step, gamma=training.gamma)
         if self.reward_normalizer.mode != "none":
             batch.reward = batch.reward * self.reward_normalizer.scale
         outcome = self.supervisor.update(batch, self.step, self.num_updates)
