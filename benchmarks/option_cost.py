@@ -29,8 +29,11 @@ from common import REPO_ROOT, git_revision, write_json
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "option_cost.json"
 LEARNED = ["env.id=dynsac/RandomPendulum-v0", "context.source=learned"]
+# Every option is timed on top of the classic critic (`training.critic_loss: mse`, which the base config
+# sets), so each ratio is that option's own cost; `hl_gauss` is the default critic.
 # redq: 10 critics, the target's min over 2; droq: dropout 0.01 with LayerNorm; adamw: weight decay 0.01;
-# learned-small / learned-64: the dynamics map with a smaller encoder and predictors.
+# learned: the default dynamics map (dim 4, encoder [128, 64], predictors [128, 128]); learned-previous:
+# the map's sizes before they were chosen by measurement (dim 10, encoder [256, 128, 64], predictors [200, 200]).
 OPTIONS: dict[str, list[str]] = {
     "classic": [],
     "hl_gauss": ["training.critic_loss=hl_gauss"],
@@ -41,10 +44,11 @@ OPTIONS: dict[str, list[str]] = {
     "layer_norm": ["training.critic_layer_norm=true"],
     "obs_normalization": ["training.obs_normalization=true"],
     "adamw": ["training.weight_decay=0.01"],
+    "n_step": ["training.n_step=3"],
     "learned": LEARNED,
     "learned+hl_gauss": [*LEARNED, "training.critic_loss=hl_gauss"],
-    "learned-small": [*LEARNED, "context.encoder_hidden_sizes=[128, 64]", "context.model_hidden_sizes=[128, 128]"],
-    "learned-64": [*LEARNED, "context.encoder_hidden_sizes=[64, 64]", "context.model_hidden_sizes=[64, 64]"],
+    "learned-previous": [*LEARNED, "context.dim=10", "context.encoder_hidden_sizes=[256, 128, 64]",
+                         "context.model_hidden_sizes=[200, 200]"],
 }
 
 
@@ -74,7 +78,7 @@ def build_trainer(overrides: list[str], args: argparse.Namespace, folder: Path) 
         f"training.batch_size={args.batch}", f"training.learning_starts={args.fill + 1}",
         f"training.buffer_size={args.fill + 10}", "training.checkpoint_interval=0", "training.eval_interval=0",
         f"training.torch_threads={args.threads}", f"logging.dir={folder / 'run'}", "logging.progress=off",
-        f"training.checkpoint_dir={folder / 'checkpoints'}",
+        f"training.checkpoint_dir={folder / 'checkpoints'}", "training.critic_loss=mse",
     ]
     trainer = SACTrainer(load_config(None, base + overrides))
     for _ in range(args.fill):

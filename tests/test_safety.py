@@ -102,10 +102,10 @@ def test_cli_exit_status_3_on_safety_stop(tmp_path, subprocess_env):
 
     config = tmp_path / "c.yaml"
     config.write_text("")
-    # A learning rate of 1.0 with rewards of 1e30, un-normalised: scalar critics overflow within a few
-    # updates (categorical ones clip such targets to their support and survive it).
+    # A learning rate of 1.0 with rewards of 1e30, un-normalised and unclipped: scalar critics overflow
+    # within a few updates (categorical ones clip such targets to their support and survive it).
     overrides = tiny_overrides(tmp_path, **{"training.learning_rate": 1.0, "training.reward_scale": 1e30,
-                                            "training.critic_loss": "mse",
+                                            "training.critic_loss": "mse", "training.max_grad_norm": "null",
                                             "safety.on_nonfinite": "stop", "safety.skip_nonfinite_gradients": False,
                                             "safety.reward_normalization": "none"})
     command = [sys.executable, str(REPO_ROOT / "training" / "train_sac.py"), "--config", str(config),
