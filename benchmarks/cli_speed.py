@@ -167,13 +167,18 @@ def main() -> None:
                               f"{result['whole_steps_per_s']:7.1f} whole, start-up {result['startup_s']:.1f} s",
                               file=sys.stderr, flush=True)
                 cells[str(hidden)] = summarize(runs, ceilings, hidden, steps)
+                write_json(out, results(cells, args.busy, args.reps))  # a later size's failure keeps this one
     finally:
         if competitor is not None:
             competitor.kill()
     print(format_table(cells, args.busy))
-    write_json(out, {"cells": cells, "busy": args.busy, "reps": args.reps, "machine": platform.platform(),
-                     "cpus": os.cpu_count(), "git": git_revision()})
+    write_json(out, results(cells, args.busy, args.reps))
     print(f"wrote {out}")
+
+
+def results(cells: dict[str, Any], busy: bool, reps: int) -> dict[str, Any]:
+    return {"cells": cells, "busy": busy, "reps": reps, "machine": platform.platform(), "cpus": os.cpu_count(),
+            "git": git_revision()}
 
 
 def summarize(runs: dict[str, list[dict[str, float]]], ceilings: list[float], hidden: int, steps: int) -> dict:
