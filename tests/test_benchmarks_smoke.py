@@ -280,3 +280,21 @@ def test_quality_targets_from_a_summary():
     del summary["pendulum/crossq"], summary["linear_env/dynsac"], summary["pendulum_env/dynsac"]
     assert quality.target_d(summary)["status"] == quality.target_c(summary)["status"] == "N/A"
     assert quality.format_verdict([a, b, c, d]).startswith("PASS  (a)")
+
+
+def test_option_cost_times_each_option_against_the_classic_update(tmp_path, subprocess_env):
+    """benchmarks/option_cost.py at the tiniest budget: every requested option gets a time per
+    update, the classic update's ratio to itself is 1 and the others' are their time over its."""
+    out = tmp_path / "cost.json"
+    script = REPO_ROOT / "benchmarks" / "option_cost.py"
+    result = subprocess.run([sys.executable, str(script), "--options", "classic,hl_gauss,hl_gauss_51", "--hidden", "16",
+                             "--batch", "32", "--reps", "1", "--updates", "3", "--fill", "100", "--threads", "1",
+                             "--out", str(out)], capture_output=True, text=True, env=subprocess_env, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["classic", "hl_gauss", "hl_gauss_51"]
+    assert rows["classic"]["ratio_to_classic"] == 1.0
+    for name in ("hl_gauss", "hl_gauss_51"):  # one repetition: the median ratio is the ratio of the medians
+        expected = rows[name]["ms_per_update"] / rows["classic"]["ms_per_update"]
+        assert rows[name]["ms_per_update"] > 0 and abs(rows[name]["ratio_to_classic"] - expected) < 1e-9 * expected
