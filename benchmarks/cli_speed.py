@@ -7,6 +7,8 @@ hidden [h, h] for the policy and the critics):
                     checkpoints off (the peers' `learn()` does neither), everything else default
 - `dynsac-learned`  the same on dynsac/RandomPendulum-v0 (Pendulum's shapes) with
                     `context.source=learned` (the dynamics map, K = 10)
+- `dynsac-compiled` `dynsac` with `training.compile=true` (only when named in `--systems`); its
+                    start-up includes no compiling: that happens at the first update, in the loop
 - `sb3`             `stable_baselines3.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)`
 - `sbx`             `sbx.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)` (JAX, jit-compiled update)
 
@@ -42,6 +44,7 @@ from common import REPO_ROOT, git_revision, write_json
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "cli_speed.json"
 SYSTEMS = ("dynsac", "dynsac-learned", "sb3", "sbx")
+OPTIONAL_SYSTEMS = ("dynsac-compiled",)  # run only when named in --systems
 # `--policies`: dynsac (context none) under pinned thread counts and OpenMP wait policies.
 POLICIES = {
     "2 threads, PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
@@ -79,6 +82,8 @@ def run_system(system: str, hidden: int, steps: int, folder: Path) -> dict[str, 
         sets = [f"training.total_steps={steps}", f"training.hidden_sizes=[{hidden},{hidden}]",
                 "training.eval_interval=0", "training.checkpoint_interval=0", f"logging.dir={run_dir}",
                 "logging.progress=off", "training.eval_episodes=1"]  # the final evaluation: one episode
+        if system == "dynsac-compiled":
+            sets += ["training.compile=true"]
         if system == "dynsac-learned":
             sets += ["env.id=dynsac/RandomPendulum-v0", "context.source=learned"]
         if threads is not None:
@@ -133,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", default="64,256,1024", help="hidden sizes h (default 64,256,1024)")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"default {','.join(SYSTEMS)}; with --policies, numbers of the policies (1-{len(POLICIES)})")
+                        help=f"default {','.join(SYSTEMS)} (also: {','.join(OPTIONAL_SYSTEMS)}); with --policies, numbers of the policies (1-{len(POLICIES)})")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--steps", type=int, default=3000, help="env steps per run at h <= 256 (default 3000)")
     parser.add_argument("--steps-1024", type=int, default=800, help="env steps per run at h >= 1024 (default 800)")
@@ -146,6 +151,8 @@ def main() -> None:
     if args.policies:  # --systems then picks among the policies (by their position, 1-based) when given
         chosen = list(POLICIES)
         systems = chosen if args.systems == ",".join(SYSTEMS) else [chosen[int(i) - 1] for i in systems]
+    elif unknown := [system for system in systems if system not in SYSTEMS + OPTIONAL_SYSTEMS]:
+        parser.error(f"--systems: unknown {unknown}; known: {', '.join(SYSTEMS + OPTIONAL_SYSTEMS)}")
     hiddens = [int(h) for h in args.hidden.split(",")]
     name = f"cli_speed{'_policies' if args.policies else ''}{'_busy' if args.busy else ''}.json"
     out = Path(args.out) if args.out else DEFAULT_OUT.with_name(name)
@@ -190,7 +197,8 @@ def summarize(runs: dict[str, list[dict[str, float]]], ceilings: list[float], hi
             "loop_steps_per_s": loop, "whole_steps_per_s": statistics.median(r["whole_steps_per_s"] for r in results),
             "startup_s": statistics.median(r["startup_s"] for r in results),
             "fraction_of_ceiling": loop * flops / 1e9 / cell["ceiling_gflops"], "runs": results}
-    for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac-learned", "dynsac")):
+    for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac-learned", "dynsac"), ("dynsac-compiled", "dynsac"),
+                 ("dynsac-compiled", "sb3"), ("dynsac-compiled", "sbx")):
         if a in runs and b in runs:
             cell["ratios"][f"{a}/{b}"] = statistics.median(
                 x["loop_steps_per_s"] / y["loop_steps_per_s"] for x, y in zip(runs[a], runs[b]))

@@ -96,6 +96,10 @@ class CategoricalValue:
 
     def atoms(self, like: Tensor) -> Tensor:
         """The atoms' positions in symlog space (bins,), on `like`'s device and dtype (cached)."""
+        if torch.compiler.is_compiling():
+            # A constant inside the compiled graph; filling the cache while tracing would fail the
+            # cache's guard on the next call and compile the function a second time.
+            return torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)
         key = (like.device, like.dtype)
         if key not in self._atoms:
             self._atoms[key] = torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)
