@@ -96,13 +96,14 @@ class CategoricalValue:
 
     def atoms(self, like: Tensor) -> Tensor:
         """The atoms' positions in symlog space (bins,), on `like`'s device and dtype (cached)."""
+        make = lambda: torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)  # noqa: E731
         if torch.compiler.is_compiling():
             # A constant inside the compiled graph; filling the cache while tracing would fail the
             # cache's guard on the next call and compile the function a second time.
-            return torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)
+            return make()
         key = (like.device, like.dtype)
         if key not in self._atoms:
-            self._atoms[key] = torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)
+            self._atoms[key] = make()
         return self._atoms[key]
 
     def value(self, output: Tensor) -> Tensor:
