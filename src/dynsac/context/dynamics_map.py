@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -117,16 +118,27 @@ class RunningNormalizer(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
-    def update(self, values: Tensor) -> None:
+    def update(self, values: Tensor | np.ndarray) -> None:
+        """Fold the rows of `values` (..., dim) into the statistics."""
         self._cast_cache = {}
-        values = values.reshape(-1, self.mean.shape[0]).to(self.mean)
-        count = values.shape[0]
+        if self.mean.device.type == "cpu":
+            # The same arithmetic on NumPy views of the buffers: once per env step, ~15 float64 ops
+            # on a few numbers each, where torch's per-op dispatch costs ~10x the work.
+            self._update(np.asarray(values).reshape(-1, self.mean.shape[0]).astype(np.float64),
+                         self.mean.numpy(), self.sum_squares.numpy(), self.count.numpy())
+            return
+        self._update(torch.as_tensor(values).reshape(-1, self.mean.shape[0]).to(self.mean), self.mean,
+                     self.sum_squares, self.count)
+
+    @staticmethod
+    def _update(values, mean, sum_squares, count) -> None:  # NumPy arrays or tensors, updated in place
+        rows = values.shape[0]
         batch_mean = values.mean(0)
-        delta = batch_mean - self.mean
-        total = self.count + count
-        self.mean += delta * count / total
-        self.sum_squares += ((values - batch_mean) ** 2).sum(0) + delta**2 * self.count * count / total
-        self.count.copy_(total)
+        delta = batch_mean - mean
+        total = count + rows
+        mean += delta * rows / total
+        sum_squares += ((values - batch_mean) ** 2).sum(0) + delta**2 * count * rows / total
+        count[...] = total
 
     @property
     def std(self) -> Tensor:
@@ -137,7 +149,12 @@ class RunningNormalizer(nn.Module):
         """(mean, std) in `dtype` on `device`, cast once per change of the statistics."""
         key = (dtype, device)
         if key not in self._cast_cache:
-            self._cast_cache[key] = (self.mean.to(device, dtype), self.std.to(device, dtype))
+            if self.mean.device.type == "cpu":  # NumPy, as in `update`; the same IEEE operations as `std`
+                std = np.sqrt(self.sum_squares.numpy() / max(float(self.count), 1.0) + self.epsilon)
+                mean_std = (self.mean, torch.from_numpy(std))
+            else:
+                mean_std = (self.mean, self.std)
+            self._cast_cache[key] = tuple(value.to(device, dtype) for value in mean_std)
         return self._cast_cache[key]
 
     def normalize(self, values: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
