@@ -7,6 +7,9 @@ hidden [h, h] for the policy and the critics):
                     checkpoints off (the peers' `learn()` does neither), everything else default
 - `dynsac-learned`  the same on dynsac/RandomPendulum-v0 (Pendulum's shapes) with
                     `context.source=learned` (the dynamics map, K = 10)
+- `dynsac-random`   `dynsac` on dynsac/RandomPendulum-v0, context none (only when named in
+                    `--systems`): the learned map's own cost per step is dynsac-learned against it,
+                    on the same env (RandomPendulum's step costs more than Pendulum-v1's)
 - `dynsac-compiled` `dynsac` with `training.compile=true` (only when named in `--systems`); its
                     start-up includes no compiling: that happens at the first update, in the loop
 - `sb3`             `stable_baselines3.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)`
@@ -44,7 +47,7 @@ from common import REPO_ROOT, git_revision, write_json
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "cli_speed.json"
 SYSTEMS = ("dynsac", "dynsac-learned", "sb3", "sbx")
-OPTIONAL_SYSTEMS = ("dynsac-compiled",)  # run only when named in --systems
+OPTIONAL_SYSTEMS = ("dynsac-compiled", "dynsac-random")  # run only when named in --systems
 # `--policies`: dynsac (context none) under pinned thread counts and OpenMP wait policies.
 POLICIES = {
     "2 threads, PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
@@ -84,8 +87,10 @@ def run_system(system: str, hidden: int, steps: int, folder: Path) -> dict[str, 
                 "logging.progress=off", "training.eval_episodes=1"]  # the final evaluation: one episode
         if system == "dynsac-compiled":
             sets += ["training.compile=true"]
+        if system in ("dynsac-learned", "dynsac-random"):
+            sets.append("env.id=dynsac/RandomPendulum-v0")
         if system == "dynsac-learned":
-            sets += ["env.id=dynsac/RandomPendulum-v0", "context.source=learned"]
+            sets.append("context.source=learned")
         if threads is not None:
             sets.append(f"training.torch_threads={threads}")
         command += [arg for value in sets for arg in ("--set", value)]
@@ -197,7 +202,8 @@ def summarize(runs: dict[str, list[dict[str, float]]], ceilings: list[float], hi
             "loop_steps_per_s": loop, "whole_steps_per_s": statistics.median(r["whole_steps_per_s"] for r in results),
             "startup_s": statistics.median(r["startup_s"] for r in results),
             "fraction_of_ceiling": loop * flops / 1e9 / cell["ceiling_gflops"], "runs": results}
-    for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac-learned", "dynsac"), ("dynsac-compiled", "dynsac"),
+    for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac-learned", "dynsac"), ("dynsac-learned", "dynsac-random"),
+                 ("dynsac-compiled", "dynsac"),
                  ("dynsac-compiled", "sb3"), ("dynsac-compiled", "sbx")):
         if a in runs and b in runs:
             cell["ratios"][f"{a}/{b}"] = statistics.median(
