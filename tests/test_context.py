@@ -79,6 +79,22 @@ def test_running_normalizer_matches_numpy():
     np.testing.assert_allclose(normalizer.std.numpy(), np.sqrt(data.var(0) + 1e-6), rtol=1e-8)
 
 
+def test_running_normalizer_cpu_path_is_the_tensor_arithmetic_bit_for_bit():
+    """On the CPU `update` runs on NumPy views of the buffers: the same float64 operations as
+    the tensor path, so one-row (per env step) updates agree exactly."""
+    normalizer = RunningNormalizer(4)
+    mean, sum_squares, count = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    rng = np.random.default_rng(1)
+    for step in range(300):
+        row = (rng.standard_normal((1, 4)) * 10.0 ** rng.uniform(-3, 4)).astype(np.float32)
+        normalizer.update(torch.as_tensor(row))
+        RunningNormalizer._update(torch.as_tensor(row).to(torch.float64), mean, sum_squares, count)
+        assert torch.equal(normalizer.mean, mean) and torch.equal(normalizer.sum_squares, sum_squares), step
+    assert float(normalizer.count) == 300.0
+    reference_std = ((sum_squares / count) + normalizer.epsilon).sqrt().float()
+    assert torch.equal(normalizer.statistics(torch.float32, torch.device("cpu"))[1], reference_std)
+
+
 def test_normalize_follows_every_change_of_the_statistics():
     """`normalize` caches its float32 (mean, std); updates and state loads must refresh it."""
     normalizer = RunningNormalizer(3)
