@@ -83,7 +83,8 @@ def test_running_normalizer_cpu_path_is_the_tensor_arithmetic_bit_for_bit():
     """On the CPU `update` runs on NumPy views of the buffers: the same float64 operations as
     the tensor path, so one-row (per env step) updates agree exactly."""
     normalizer = RunningNormalizer(4)
-    mean, sum_squares, count = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    mean, sum_squares = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
     rng = np.random.default_rng(1)
     for step in range(300):
         row = (rng.standard_normal((1, 4)) * 10.0 ** rng.uniform(-3, 4)).astype(np.float32)
