@@ -149,12 +149,7 @@ class RunningNormalizer(nn.Module):
         """(mean, std) in `dtype` on `device`, cast once per change of the statistics."""
         key = (dtype, device)
         if key not in self._cast_cache:
-            if self.mean.device.type == "cpu":  # NumPy, as in `update`; the same IEEE operations as `std`
-                std = np.sqrt(self.sum_squares.numpy() / max(float(self.count), 1.0) + self.epsilon)
-                mean_std = (self.mean, torch.from_numpy(std))
-            else:
-                mean_std = (self.mean, self.std)
-            self._cast_cache[key] = tuple(value.to(device, dtype) for value in mean_std)
+            self._cast_cache[key] = (self.mean.to(device, dtype), self.std.to(device, dtype))
         return self._cast_cache[key]
 
     def normalize(self, values: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
