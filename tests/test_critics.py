@@ -311,3 +311,30 @@ def test_a_non_finite_target_is_not_clipped_into_the_support(kind):
     logits = torch.zeros(1, 2, 5, requires_grad=True)
     head.loss(logits, torch.tensor([-float("inf"), 0.0])).backward()
     assert torch.isnan(logits.grad[0, 0]).all() and torch.isfinite(logits.grad[0, 1]).all()
+
+
+@pytest.mark.parametrize("kind", CategoricalValue.KINDS)
+def test_hand_derived_categorical_loss_gradient_and_value_match_autograd(kind):
+    """The hand-derived update's one-softmax loss, gradient, value and value backward are those
+    autograd finds from the definitions, also for logits far from zero."""
+    head = CategoricalValue(kind, bins=11, bound=1e3)
+    generator = torch.Generator().manual_seed(3)
+    logits = (30.0 * torch.randn(2, 6, 11, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    q_target = torch.tensor([-900.0, -2.5, -0.01, 0.0, 7.0, 5e4], dtype=torch.float64)
+
+    loss, grad, value = head.loss_and_grad(logits.detach(), q_target)
+    reference_loss = head.loss(logits, q_target)
+    (reference_grad,) = torch.autograd.grad(reference_loss, logits)
+    assert loss.item() == pytest.approx(reference_loss.item(), rel=1e-12)
+    assert torch.allclose(grad, reference_grad, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(value, head.value(logits.detach()), rtol=1e-12)
+
+    grad_q = torch.randn(2, 6, generator=generator, dtype=torch.float64)
+    value, backward = head.value_and_backward(logits.detach())
+    (reference_grad,) = torch.autograd.grad((head.value(logits) * grad_q).sum(), logits)
+    assert torch.allclose(value, head.value(logits.detach()), rtol=1e-12)
+    assert (backward(grad_q) - reference_grad).abs().max() < 1e-12 * reference_grad.abs().max()
+
+    loss, grad, _ = head.loss_and_grad(logits.detach(), torch.tensor([float("nan"), 0.0, 1.0, 2.0, 3.0, 4.0],
+                                                                     dtype=torch.float64))
+    assert not torch.isfinite(loss) and torch.isnan(grad[:, 0]).all() and torch.isfinite(grad[:, 1:]).all()

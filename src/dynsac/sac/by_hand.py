@@ -93,9 +93,9 @@ def critic_gradients(
     next_output = ensemble_forward(critic_input(next_obs, next_action, next_context), target_weights, target_biases)[0]
     q_target = losses.soft_q_target(reward, terminated, head.value(next_output), next_log_prob, alpha, gamma)
     output, inputs = ensemble_forward(critic_input(obs, action, context), weights, biases)
-    loss, grad_output = head.loss_and_grad(output, q_target)
+    loss, grad_output, q_pred = head.loss_and_grad(output, q_target)
     _, weight_grads, bias_grads = ensemble_backward(grad_output, inputs, weights)
-    return alpha, loss, head.value(output), q_target, weight_grads, bias_grads
+    return alpha, loss, q_pred, q_target, weight_grads, bias_grads
 
 
 def actor_gradients(
@@ -107,9 +107,10 @@ def actor_gradients(
     their weight gradients."""
     policy_inputs, noise, std, raw_log_std = saved
     output, q_inputs = ensemble_forward(critic_input(obs, action_pi, context), critic_weights, critic_biases)
-    loss, grad_q_pi, grad_log_prob = losses.actor_loss_and_grads(head.value(output), log_prob_pi, alpha)
+    q_pi, value_backward = head.value_and_backward(output)
+    loss, grad_q_pi, grad_log_prob = losses.actor_loss_and_grads(q_pi, log_prob_pi, alpha)
     grad_q_input, _, _ = ensemble_backward(
-        head.value_backward(output, grad_q_pi), q_inputs, critic_weights, param_grads=False, input_grad=True
+        value_backward(grad_q_pi), q_inputs, critic_weights, param_grads=False, input_grad=True
     )
     obs_dim = obs.shape[-1]
     grad_action = grad_q_input[:, obs_dim:obs_dim + action_pi.shape[-1]]

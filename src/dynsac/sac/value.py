@@ -25,7 +25,7 @@ clipped to the end atoms.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -50,11 +50,13 @@ class ValueHead(Protocol):
     def loss(self, output: Tensor, q_target: Tensor) -> Tensor:
         """Critic loss, summed over critics and averaged over the batch."""
 
-    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor]:
-        """`loss` and its gradient with respect to `output` (E, B, bins), for the hand-derived update."""
+    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For the hand-derived update: `loss`, its gradient with respect to `output` (E, B, bins)
+        and `value(output)`, sharing their intermediate results."""
 
-    def value_backward(self, output: Tensor, grad_q: Tensor) -> Tensor:
-        """The gradient with respect to `output` (E, B, bins) from that of `value(output)` (E, B)."""
+    def value_and_backward(self, output: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """`value(output)` and the function mapping a gradient with respect to it (E, B) to one
+        with respect to `output` (E, B, bins)."""
 
 
 class ScalarValue:
@@ -71,12 +73,13 @@ class ScalarValue:
     def loss(self, output: Tensor, q_target: Tensor) -> Tensor:
         return losses.critic_loss(output, q_target, self.huber_delta)
 
-    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor]:
-        loss, grad = losses.critic_loss_and_grad(output.squeeze(-1), q_target, self.huber_delta)
-        return loss, grad.unsqueeze(-1)
+    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q_pred = self.value(output)
+        loss, grad = losses.critic_loss_and_grad(q_pred, q_target, self.huber_delta)
+        return loss, grad.unsqueeze(-1), q_pred
 
-    def value_backward(self, output: Tensor, grad_q: Tensor) -> Tensor:
-        return grad_q.unsqueeze(-1)
+    def value_and_backward(self, output: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        return self.value(output), lambda grad_q: grad_q.unsqueeze(-1)
 
 
 class CategoricalValue:
@@ -92,19 +95,34 @@ class CategoricalValue:
         self.kind, self.bins, self.bound, self.sigma_ratio = kind, int(bins), float(bound), float(sigma_ratio)
         self.z_max = math.log1p(self.bound)
         self.spacing = 2.0 * self.z_max / (self.bins - 1)
-        self._atoms: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._constants: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
-    def atoms(self, like: Tensor) -> Tensor:
-        """The atoms' positions in symlog space (bins,), on `like`'s device and dtype (cached)."""
-        make = lambda: torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)  # noqa: E731
+    def _constant(self, name: str, like: Tensor) -> Tensor:
+        """`self._make(name)` on `like`'s device and dtype, made once per device and dtype."""
         if torch.compiler.is_compiling():
             # A constant inside the compiled graph; filling the cache while tracing would fail the
             # cache's guard on the next call and compile the function a second time.
-            return make()
-        key = (like.device, like.dtype)
-        if key not in self._atoms:
-            self._atoms[key] = make()
-        return self._atoms[key]
+            return self._make(name, like)
+        key = (name, like.device, like.dtype)
+        if key not in self._constants:
+            self._constants[key] = self._make(name, like)
+        return self._constants[key]
+
+    def _make(self, name: str, like: Tensor) -> Tensor:
+        atoms = torch.linspace(-self.z_max, self.z_max, self.bins, dtype=like.dtype, device=like.device)
+        if name == "atoms":
+            return atoms
+        # "edges": the atoms' interval edges in units of sqrt(2) Gaussian widths, erf's argument.
+        edges = torch.cat([atoms - 0.5 * self.spacing, atoms[-1:] + 0.5 * self.spacing])
+        return edges * self._erf_scale
+
+    @property
+    def _erf_scale(self) -> float:
+        return 1.0 / (math.sqrt(2.0) * self.sigma_ratio * self.spacing)
+
+    def atoms(self, like: Tensor) -> Tensor:
+        """The atoms' positions in symlog space (bins,), on `like`'s device and dtype (cached)."""
+        return self._constant("atoms", like)
 
     def value(self, output: Tensor) -> Tensor:
         probabilities = torch.softmax(output, dim=-1)
@@ -113,15 +131,15 @@ class CategoricalValue:
     def target_probabilities(self, q_target: Tensor) -> Tensor:
         """The TD targets (B,) projected onto the atoms: (B, bins), each row summing to 1 (NaN for a
         non-finite target); finite targets beyond the support land on its end atoms."""
-        atoms = self.atoms(q_target)
         z = symlog(q_target).clamp(-self.z_max, self.z_max)
         # A non-finite target stays non-finite (clipping would hide it): its loss and gradient are
         # then non-finite too, so the safety layer skips the step and finds the transition.
         z = torch.where(torch.isfinite(q_target), z, torch.full_like(z, float("nan"))).unsqueeze(-1)
         if self.kind == "two_hot":
-            return (1.0 - (z - atoms).abs() / self.spacing).clamp(min=0.0)
-        edges = torch.cat([atoms - 0.5 * self.spacing, atoms[-1:] + 0.5 * self.spacing])
-        cdf = torch.special.ndtr((edges - z) / (self.sigma_ratio * self.spacing))
+            return (1.0 - (z - self.atoms(q_target)).abs() / self.spacing).clamp(min=0.0)
+        # The Gaussian's CDF at the edges is (1 + erf) / 2; the 1 and the 1/2 cancel in the
+        # intervals' masses and in their normalisation over the support.
+        cdf = torch.erf(self._constant("edges", q_target) - z * self._erf_scale)
         mass = cdf[..., 1:] - cdf[..., :-1]
         return mass / (cdf[..., -1:] - cdf[..., :1])
 
@@ -130,18 +148,27 @@ class CategoricalValue:
         cross_entropy = -(target * torch.log_softmax(output, dim=-1)).sum(-1)
         return cross_entropy.mean(dim=1).sum()
 
-    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-entropy's gradient in the logits: (softmax - target) / B."""
+    def loss_and_grad(self, output: Tensor, q_target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Cross-entropy's gradient in the logits is (softmax - target) / B. One softmax serves
+        the loss, the gradient and Q: with targets summing to 1 the cross-entropy is
+        logsumexp(logits) - target . logits, and logsumexp = max logit - log(max probability)."""
         target = self.target_probabilities(q_target).unsqueeze(0)
-        log_probabilities = torch.log_softmax(output, dim=-1)
-        loss = -(target * log_probabilities).sum(-1).mean(dim=1).sum()
-        return loss, (log_probabilities.exp() - target) / output.shape[1]
+        probabilities = torch.softmax(output, dim=-1)
+        log_normaliser = output.amax(dim=-1) - probabilities.amax(dim=-1).log()
+        loss = (log_normaliser - (target * output).sum(-1)).mean(dim=1).sum()
+        grad = (probabilities - target) * (1.0 / output.shape[1])
+        return loss, grad, symexp(probabilities @ self.atoms(output))
 
-    def value_backward(self, output: Tensor, grad_q: Tensor) -> Tensor:
+    def value_and_backward(self, output: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """With m = softmax . atoms and Q = symexp(m): dQ/dlogit_i = exp(|m|) p_i (atom_i - m)."""
         probabilities = torch.softmax(output, dim=-1)
-        mean = probabilities @ self.atoms(output)
-        return (grad_q * mean.abs().exp()).unsqueeze(-1) * probabilities * (self.atoms(output) - mean.unsqueeze(-1))
+        atoms = self.atoms(output)
+        mean = probabilities @ atoms
+
+        def backward(grad_q: Tensor) -> Tensor:
+            return (grad_q * mean.abs().exp()).unsqueeze(-1) * probabilities * (atoms - mean.unsqueeze(-1))
+
+        return symexp(mean), backward
 
 
 def value_bound(gamma: float, reward_bound: float = 100.0) -> float:
