@@ -30,7 +30,7 @@ from common import REPO_ROOT, git_revision, write_json
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "option_cost.json"
 LEARNED = ["env.id=dynsac/RandomPendulum-v0", "context.source=learned"]
 # Every option is timed on top of the classic critic (`training.critic_loss: mse`, which the base config
-# sets), so each ratio is that option's own cost; `hl_gauss` is the default critic (101 atoms; hl_gauss_51: 51).
+# sets), so each ratio is that option's own cost; `hl_gauss` is the default critic (hl_gauss_N: N atoms).
 # redq: 10 critics, the target's min over 2; droq: dropout 0.01 with LayerNorm; adamw: weight decay 0.01;
 # learned: the default dynamics map (dim 4, encoder [128, 64], predictors [128, 128]); learned-previous:
 # the map's sizes before they were chosen by measurement (dim 10, encoder [256, 128, 64], predictors [200, 200]).
@@ -38,6 +38,8 @@ OPTIONS: dict[str, list[str]] = {
     "classic": [],
     "hl_gauss": ["training.critic_loss=hl_gauss"],
     "hl_gauss_51": ["training.critic_loss=hl_gauss", "training.critic_bins=51"],
+    "hl_gauss_64": ["training.critic_loss=hl_gauss", "training.critic_bins=64"],
+    "hl_gauss_101": ["training.critic_loss=hl_gauss", "training.critic_bins=101"],
     "two_hot": ["training.critic_loss=two_hot"],
     "crossq": ["training.crossq=true", "training.adam_beta1=0.5"],
     "redq": ["training.num_critics=10", "training.critic_subset=2"],
