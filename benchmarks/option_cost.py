@@ -40,6 +40,7 @@ OPTIONS: dict[str, list[str]] = {
     "hl_gauss_51": ["training.critic_loss=hl_gauss", "training.critic_bins=51"],
     "hl_gauss_64": ["training.critic_loss=hl_gauss", "training.critic_bins=64"],
     "hl_gauss_101": ["training.critic_loss=hl_gauss", "training.critic_bins=101"],
+    "hl_gauss_bf16": ["training.critic_loss=hl_gauss", "training.precision=bf16"],
     "two_hot": ["training.critic_loss=two_hot"],
     "crossq": ["training.crossq=true", "training.adam_beta1=0.5"],
     "redq": ["training.num_critics=10", "training.critic_subset=2"],

@@ -227,7 +227,7 @@ def test_backend_is_chosen_once_with_its_reason():
 
     assert agent().backend_description == "by-hand (plain ReLU networks in float32/float64)"
     assert agent(compile_update=True).backend.name == "by-hand, compiled"
-    assert agent(bf16=True).backend_description.startswith("autograd (training.precision is bf16")
+    assert agent(precision="bf16").backend_description == "by-hand (plain ReLU networks in float32/float64; bf16 products)"
     layer_norm = agent(critic_layer_norm=True)
     assert layer_norm.backend_description == "autograd (critic LayerNorm is on)"
     with pytest.raises(ValueError, match="critic LayerNorm is on"):

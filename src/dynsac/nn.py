@@ -61,32 +61,40 @@ def _ensemble_layer(hidden: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias, hidden, weight)
 
 
+def _sum(grad: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    """A bias gradient: bf16 gradients summed in float32."""
+    return grad.sum(dim, keepdim=keepdim, dtype=torch.promote_types(grad.dtype, torch.float32))
+
+
 # nn.Linear: weights (out, in), biases (out,), inputs (B, in).
 _LINEAR = _Layout(
     layer=lambda hidden, weight, bias: torch.addmm(bias, hidden, weight.t()),
     weight_grad=lambda grad, hidden: matmul(grad.t(), hidden),
-    bias_grad=lambda grad: grad.sum(0),
+    bias_grad=lambda grad: _sum(grad, 0),
     input_grad=lambda grad, weight: matmul(grad, weight),
 )
 # E stacked MLPs: weights (E, in, out), biases (E, 1, out), inputs (E, B, in).
 _ENSEMBLE = _Layout(
     layer=_ensemble_layer,
     weight_grad=lambda grad, hidden: matmul(hidden.transpose(1, 2), grad),
-    bias_grad=lambda grad: grad.sum(1, keepdim=True),
+    bias_grad=lambda grad: _sum(grad, 1, keepdim=True),
     input_grad=lambda grad, weight: matmul(grad, weight.transpose(1, 2)),
 )
 
 
 def _forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], layout: _Layout
              ) -> tuple[Tensor, list[Tensor]]:
-    inputs = [x]  # each layer's input: x, then the ReLU outputs
-    hidden = x
+    # bfloat16 weights and biases (the caller's copies of float32 ones): every product in bf16 with
+    # float32 accumulation, the activations kept in bf16, the output returned in x's dtype.
+    out_dtype = x.dtype
+    hidden = x.to(weights[0].dtype)
+    inputs = [hidden]  # each layer's input: x, then the ReLU outputs
     for index, (weight, bias) in enumerate(zip(weights, biases)):
         hidden = layout.layer(hidden, weight, bias)
         if index < len(weights) - 1:
             hidden = hidden.relu_()
             inputs.append(hidden)
-    return hidden, inputs
+    return hidden.to(out_dtype), inputs
 
 
 def _backward(
@@ -96,14 +104,16 @@ def _backward(
     weight_grads: list[Tensor] = []
     bias_grads: list[Tensor] = []
     input_gradient = None
+    out_dtype = grad.dtype  # the gradients come back in it (bf16 weights: computed in bf16)
+    grad = grad.to(weights[0].dtype)
     for index in reversed(range(len(weights))):
         if param_grads:
-            weight_grads.insert(0, layout.weight_grad(grad, inputs[index]))
+            weight_grads.insert(0, layout.weight_grad(grad, inputs[index]).to(out_dtype))
             bias_grads.insert(0, layout.bias_grad(grad))
         if index > 0:
             grad = _relu_backward(layout.input_grad(grad, weights[index]), inputs[index], 0)
         elif input_grad:
-            input_gradient = layout.input_grad(grad, weights[0])
+            input_gradient = layout.input_grad(grad, weights[0]).to(out_dtype)
     return input_gradient, weight_grads, bias_grads
 
 
@@ -125,7 +135,8 @@ def relu_mlp_backward(
 def ensemble_forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """E stacked ReLU MLPs on a shared input x (B, in), weights (E, in, out), biases (E, 1, out):
     the output (E, B, out) and each layer's input, for `ensemble_backward`."""
-    return _forward(x.expand(weights[0].shape[0], *x.shape), weights, biases, _ENSEMBLE)
+    output, inputs = _forward(x.to(weights[0].dtype).expand(weights[0].shape[0], *x.shape), weights, biases, _ENSEMBLE)
+    return output.to(x.dtype), inputs
 
 
 def ensemble_backward(

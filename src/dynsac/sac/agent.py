@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from dynsac.context.dynamics_map import DynamicsMap, RunningNormalizer
 from dynsac.context.guard import guard_context
 from dynsac.sac import losses
-from dynsac.sac.backends import GradientBackend, choose_backend
+from dynsac.sac.backends import GradientBackend, bf16_devices, choose_backend
 from dynsac.sac.networks import CriticEnsemble, GaussianPolicy, ObservationNormalizer
 from dynsac.sac.optim import LeanAdam
 from dynsac.sac.replay import Batch
@@ -90,7 +90,7 @@ class UpdateSettings:
     max_grad_norm: float | None = None
     huber_delta: float | None = None  # None: squared-error critic loss
     policy_delay: int = 1
-    bf16: bool = False  # bfloat16 autocast for the forward passes
+    precision: str = "fp32"  # "fp32", "bf16" or "auto" (`dynsac.sac.backends.bf16_devices`)
     compile_update: bool = False  # torch.compile of the hand-derived update's arithmetic
     adam_beta1: float = 0.9  # Adam's first-moment decay (CrossQ uses 0.5)
     skip_nonfinite_gradients: bool = True  # a non-finite gradient is never applied
@@ -196,7 +196,8 @@ class SACAgent(nn.Module):
             for group in optimizer.param_groups:
                 group["betas"] = (settings.adam_beta1, group["betas"][1])
         self.backend, reason = choose_backend(self, settings.backend)
-        self.backend_description = f"{self.backend.name} ({reason})"
+        self.bf16_devices, precision = bf16_devices(self, settings.precision)
+        self.backend_description = f"{self.backend.name} ({reason}{precision})"
         return self.backend_description
 
     def use_backend(self, name: str) -> str:
@@ -287,8 +288,10 @@ class SACAgent(nn.Module):
             metrics[f"{name}_grad_clipped"] = (metrics[f"{name}_grad_norm"] >= self.settings.max_grad_norm).double()
 
     def autocast(self):
-        """bfloat16 autocast for the forward passes when `settings.bf16` is on; a no-op otherwise."""
-        return torch.autocast(self.log_alpha.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16)
+        """bfloat16 autocast for the autograd backend's forward passes where `bf16_devices` says
+        so (`training.precision: bf16`); a no-op otherwise."""
+        device = self.log_alpha.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=device in self.bf16_devices)
 
     def _apply_gradients(self, optimizer: LeanAdam) -> Tensor:
         """Clip the gradients of `optimizer`'s parameters and take its step, unless they are

@@ -5,15 +5,16 @@ policy, alpha step, critic step, actor step, map step, targets); at each stage a
 the gradients into the parameters' `.grad` and the agent clips and applies them. Two backends:
 
 - `AutogradBackend`: the losses differentiated by autograd on the modules. The reference, and
-  the one that runs bf16 autocast, the critics' LayerNorm and dropout, CrossQ, SimBa, ensembles
-  other than a twin pair, gradients into the learned context, forward hooks and forensics'
-  per-layer tracing.
+  the one that runs the critics' LayerNorm and dropout, CrossQ, SimBa, ensembles other than a
+  twin pair, gradients into the learned context, forward hooks and forensics' per-layer tracing
+  (under `training.precision: bf16`, with bf16 autocast).
 - `ByHandBackend`: each loss's gradient written out (`dynsac.sac.by_hand`,
   `dynamics_map.prediction_gradients`), optionally through `torch.compile`: the same math and
-  random draws without autograd's graph (1.4x the updates/s at [64, 64] batch 256 on CPU).
+  random draws without autograd's graph (1.4x the updates/s at [64, 64] batch 256 on CPU). With
+  bf16 products (`bf16_devices`) it hands the passes bfloat16 copies of the weights.
 
 `choose_backend` picks one when the agent is configured, and says why; the float64 parity tests
-hold the two to the same numbers.
+hold the two to the same numbers. `bf16_devices` then says where the products run in bf16.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class ByHandBackend:
     def sample(self, agent: SACAgent, batch: Batch, context: Tensor | None, next_context: Tensor | None,
                update_policy: bool, noise: Tensor, metrics: dict[str, Tensor]) -> Sample:
         policy = agent.policy
-        weights, biases = policy.net.linear_parameters()
+        weights, biases = _compute_copies(agent, *policy.net.linear_parameters())
         result = self._steps().sample_policy(
             with_context(_normalized(agent, batch.obs), _detached(context)) if update_policy else None,
             with_context(_normalized(agent, batch.next_obs), _detached(next_context)), noise, weights, biases,
@@ -201,12 +202,12 @@ class ByHandBackend:
     def critic_gradients(self, agent: SACAgent, batch: Batch, context: Tensor | None,
                          next_context: Tensor | None, sample: Sample) -> CriticResult:
         weights, biases = agent.critic.layer_parameters()
-        target_weights, target_biases = agent.critic_target.layer_parameters()
+        target_weights, target_biases = _compute_copies(agent, *agent.critic_target.layer_parameters())
         alpha, loss, q_pred, q_target, weight_grads, bias_grads = self._steps().critic_gradients(
             _normalized(agent, batch.obs), batch.action, _detached(context), batch.reward, batch.terminated,
             _normalized(agent, batch.next_obs),
             sample.next_action, _detached(next_context), sample.next_log_prob, agent.log_alpha, _discount(agent, batch),
-            agent.value_head, weights, biases, target_weights, target_biases,
+            agent.value_head, *_compute_copies(agent, weights, biases), target_weights, target_biases,
         )
         set_grads(weights + biases, weight_grads + bias_grads)
         return CriticResult(alpha, loss, q_pred, q_target)
@@ -215,15 +216,24 @@ class ByHandBackend:
     def actor_gradients(self, agent: SACAgent, batch: Batch, context: Tensor | None, sample: Sample,
                         alpha: Tensor) -> Tensor:
         policy = agent.policy
-        critic_weights, critic_biases = agent.critic.layer_parameters()
+        critic_weights, critic_biases = _compute_copies(agent, *agent.critic.layer_parameters())
         policy_weights, policy_biases = policy.net.linear_parameters()
         loss, weight_grads, bias_grads = self._steps().actor_gradients(
             _normalized(agent, batch.obs), _detached(context), sample.action_pi, sample.log_prob_pi, sample.saved,
-            alpha, critic_weights, critic_biases, policy_weights, policy.log_std_min, policy.log_std_max,
+            alpha, critic_weights, critic_biases, _compute_copies(agent, policy_weights, [])[0], policy.log_std_min,
+            policy.log_std_max,
             agent.value_head,
         )
         set_grads(policy_weights + policy_biases, weight_grads + bias_grads)
         return loss
+
+
+def _compute_copies(agent: SACAgent, weights: list[Tensor], biases: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The weights the products run with: bfloat16 copies where `agent.bf16_devices` holds their
+    device (the passes then multiply in bf16 and return float32), else the parameters themselves."""
+    if weights[0].device.type not in agent.bf16_devices:
+        return weights, biases
+    return [w.to(torch.bfloat16) for w in weights], [b.to(torch.bfloat16) for b in biases]
 
 
 def _normalized(agent: SACAgent, obs: Tensor) -> Tensor:
@@ -237,8 +247,6 @@ AUTOGRAD = AutogradBackend()
 
 def by_hand_obstacle(agent: SACAgent) -> str | None:
     """Why the hand-derived gradients cannot compute `agent`'s update (None: they can)."""
-    if agent.settings.bf16:
-        return "training.precision is bf16 (autocast runs through the modules)"
     if agent.critic.layer_norm:
         return "critic LayerNorm is on"
     if agent.policy.network == "simba":
@@ -252,6 +260,44 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
     if agent.dynamics_map is not None and (agent.critic_gradient_to_map or not agent.detach_policy_context):
         return "loss gradients flow into the learned context"
     return None
+
+
+# `training.precision: auto` multiplies in bf16 from this width on: at [256, 256] batch 256 the
+# by-hand update takes 0.70x its float32 time on a CPU with AVX512-BF16 (1 thread), at [128, 128]
+# 0.94x, and at [64, 64] the casts make it 1.16x (docs/benchmarks.md, "bf16 products").
+AUTO_BF16_WIDTH = 256
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so that bf16 products
+    run at about twice float32's rate instead of being emulated."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def bf16_devices(agent: SACAgent, precision: str) -> tuple[frozenset[str], str]:
+    """Where the update's products run in bfloat16 for `training.precision` `precision`, and a
+    note for the backend's description ("" for float32 everywhere).
+
+    "bf16": everywhere (bf16 copies of the weights on the by-hand path, autocast on autograd's).
+    "auto": on the CPU, with the by-hand backend, when the CPU multiplies bf16 natively and every
+    hidden layer of the policy and critics has at least `AUTO_BF16_WIDTH` units; float32 otherwise.
+    "fp32": nowhere.
+    """
+    if precision == "bf16":
+        return frozenset({"cpu", "cuda"}), "; bf16 products"
+    if precision == "fp32":
+        return frozenset(), ""
+    if precision != "auto":
+        raise ValueError(f"precision {precision!r}: expected 'auto', 'fp32' or 'bf16'")
+    if not isinstance(agent.backend, ByHandBackend) or not native_bf16():
+        return frozenset(), ""
+    policy_weights = agent.policy.net.linear_parameters()[0]
+    widths = [w.shape[0] for w in policy_weights[:-1]] + [w.shape[-1] for w in agent.critic.layer_parameters()[0][:-1]]
+    if min(widths) < AUTO_BF16_WIDTH:
+        return frozenset(), ""
+    return frozenset({"cpu"}), f"; bf16 products on the CPU (precision auto: native bf16, layers >= {AUTO_BF16_WIDTH})"
 
 
 def choose_backend(agent: SACAgent, requested: str = "auto") -> tuple[GradientBackend, str]:

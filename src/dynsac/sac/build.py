@@ -23,7 +23,7 @@ def update_settings(config: Config) -> UpdateSettings:
         max_grad_norm=params.max_grad_norm,
         huber_delta=params.huber_delta if params.critic_loss == "huber" else None,
         policy_delay=params.policy_delay,
-        bf16=params.precision == "bf16",
+        precision=params.precision,
         compile_update=params.compile,
         skip_nonfinite_gradients=safety.skip_nonfinite_gradients,
         context_bound=safety.context_bound,
