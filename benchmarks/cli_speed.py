@@ -12,6 +12,8 @@ hidden [h, h] for the policy and the critics):
                     on the same env (RandomPendulum's step costs more than Pendulum-v1's)
 - `dynsac-compiled` `dynsac` with `training.compile=true` (only when named in `--systems`); its
                     start-up includes no compiling: that happens at the first update, in the loop
+- `dynsac-fp32`, `dynsac-bf16`  `dynsac` with `training.precision` fp32 / bf16 (only when named
+                    in `--systems`): what the default `auto` precision chooses, against either
 - `sb3`             `stable_baselines3.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)`
 - `sbx`             `sbx.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)` (JAX, jit-compiled update)
 
@@ -47,7 +49,7 @@ from common import REPO_ROOT, git_revision, write_json
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "cli_speed.json"
 SYSTEMS = ("dynsac", "dynsac-learned", "sb3", "sbx")
-OPTIONAL_SYSTEMS = ("dynsac-compiled", "dynsac-random")  # run only when named in --systems
+OPTIONAL_SYSTEMS = ("dynsac-compiled", "dynsac-random", "dynsac-fp32", "dynsac-bf16")  # run only when named in --systems
 # `--policies`: dynsac (context none) under pinned thread counts and OpenMP wait policies.
 POLICIES = {
     "2 threads, PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
@@ -87,6 +89,8 @@ def run_system(system: str, hidden: int, steps: int, folder: Path) -> dict[str, 
                 "logging.progress=off", "training.eval_episodes=1"]  # the final evaluation: one episode
         if system == "dynsac-compiled":
             sets += ["training.compile=true"]
+        if system in ("dynsac-fp32", "dynsac-bf16"):
+            sets.append(f"training.precision={system.removeprefix('dynsac-')}")
         if system in ("dynsac-learned", "dynsac-random"):
             sets.append("env.id=dynsac/RandomPendulum-v0")
         if system == "dynsac-learned":
@@ -203,7 +207,8 @@ def summarize(runs: dict[str, list[dict[str, float]]], ceilings: list[float], hi
             "startup_s": statistics.median(r["startup_s"] for r in results),
             "fraction_of_ceiling": loop * flops / 1e9 / cell["ceiling_gflops"], "runs": results}
     for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac-learned", "dynsac"), ("dynsac-learned", "dynsac-random"),
-                 ("dynsac-compiled", "dynsac"),
+                 ("dynsac-compiled", "dynsac"), ("dynsac", "dynsac-fp32"), ("dynsac-bf16", "dynsac-fp32"),
+                 ("dynsac-bf16", "sb3"), ("dynsac-bf16", "sbx"),
                  ("dynsac-compiled", "sb3"), ("dynsac-compiled", "sbx")):
         if a in runs and b in runs:
             cell["ratios"][f"{a}/{b}"] = statistics.median(

@@ -91,7 +91,7 @@ LIBS = ("dynsac", "learned", "sb3")
 VARIANT_ORDER = ("dynsac-bf16", "dynsac-compile", "dynsac-noguard", "dynsac", "sb3", "learned", "learned-compile")
 # Options timed on the same trainer as their baseline: (variant, baseline, agent attribute, value).
 OPTION_VARIANTS = (
-    ("dynsac-bf16", "dynsac", "bf16", True),  # training.precision: bf16
+    ("dynsac-bf16", "dynsac", "precision", "bf16"),  # training.precision: bf16
     ("dynsac-compile", "dynsac", "compile_update", True),  # training.compile: true
     ("learned-compile", "learned", "compile_update", True),
 )
@@ -348,8 +348,8 @@ def noguard_variant(trainer) -> Variant:
 
 
 def option_variant(name: str, trainer, attribute: str, value: Any) -> Variant:
-    """trainer.update() with the agent's setting `attribute` set to `value` (`bf16`: bfloat16
-    autocast for the forward passes; `compile_update`: torch.compile of the update), on the same
+    """trainer.update() with the agent's setting `attribute` set to `value` (`precision` "bf16":
+    bf16 products; `compile_update`: torch.compile of the update), on the same
     trainer as its baseline: same weights, same buffer."""
     agent = trainer.agent
 
@@ -509,7 +509,7 @@ def run_cell(args: argparse.Namespace, hidden: int, batch: int, tmp: Path, run_l
     model = None
     build_s: dict[str, float] = {}
     options = {name: (base, attribute, value) for name, base, attribute, value in OPTION_VARIANTS
-               if (args.bf16 if attribute == "bf16" else args.compile)}
+               if (args.bf16 if attribute == "precision" else args.compile)}
     for name in ("dynsac", "dynsac-noguard", "learned", "sb3"):  # noguard and the options reuse their baseline's trainer
         start = time.perf_counter()
         if name == "dynsac" and "dynsac" in args.libs:

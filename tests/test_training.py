@@ -232,8 +232,10 @@ def test_policy_delay_updates_the_actor_every_nth_update(tmp_path, tiny_config):
     assert logged and all(np.isfinite(r["train/actor_loss"]) for r in logged)
 
 
-def test_bf16_precision_trains_with_fp32_weights(tmp_path, tiny_config):
-    trainer = SACTrainer(tiny_config(**{"training.precision": "bf16", "training.total_steps": 200}))
+@pytest.mark.parametrize("options", [{}, {"training.critic_layer_norm": True}])  # by hand; autograd's autocast
+def test_bf16_precision_trains_with_fp32_weights(tmp_path, tiny_config, options):
+    trainer = SACTrainer(tiny_config(**{"training.precision": "bf16", "training.total_steps": 200, **options}))
+    assert trainer.agent.bf16_devices and trainer.agent.backend.name == ("autograd" if options else "by-hand")
     result = trainer.train()
     assert result.steps == 200 and trainer.supervisor.nonfinite_state() == []
     assert all(p.dtype == torch.float32 for p in trainer.agent.parameters())
@@ -249,8 +251,9 @@ def test_bad_eval_kwargs_fail_at_construction_naming_them(tiny_config):
         SACTrainer(config)
 
 
-def test_a_reward_beyond_float32_is_stored_as_inf_and_repaired(tiny_config):
-    trainer = SACTrainer(tiny_config(**{"training.total_steps": 150}))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_reward_beyond_float32_is_stored_as_inf_and_repaired(tiny_config, precision):
+    trainer = SACTrainer(tiny_config(**{"training.total_steps": 150, "training.precision": precision}))
     trainer.train(120)
     trainer.buffer.add(np.zeros(3), np.zeros(1), 1e39, np.zeros(3), False, False, 0)  # finite, past float32
     assert torch.isinf(trainer.buffer.reward[(trainer.buffer.position - 1) % trainer.buffer.capacity])

@@ -262,9 +262,10 @@ def by_hand_obstacle(agent: SACAgent) -> str | None:
     return None
 
 
-# `training.precision: auto` multiplies in bf16 from this width on: at [256, 256] batch 256 the
-# by-hand update takes 0.70x its float32 time on a CPU with AVX512-BF16 (1 thread), at [128, 128]
-# 0.94x, and at [64, 64] the casts make it 1.16x (docs/benchmarks.md, "bf16 products").
+# `training.precision: auto` multiplies in bf16 from this width on. On a CPU with AVX512-BF16, 1
+# thread, batch 256, the by-hand update takes 0.68x its float32 time at [256, 256] (0.86x on 2
+# threads), 0.90x at [128, 128], and 1.19x at [64, 64], where the casts cost more than the products
+# save (docs/benchmarks.md, "bf16 products on the CPU").
 AUTO_BF16_WIDTH = 256
 
 
