@@ -36,7 +36,7 @@ def assert_same_tensors(left, right, where=""):
 
 
 # The classic update, and the learning-quality options (a categorical REDQ/DroQ ensemble with AdamW,
-# observation normalisation) whose state must travel too.
+# observation normalisation) whose state must travel too, and bf16 products (deterministic too).
 RESUMED_OPTIONS = {
     "classic": {},
     "quality-options": {"training.critic_loss": "hl_gauss", "training.critic_bins": 21, "training.num_critics": 3,
@@ -45,6 +45,7 @@ RESUMED_OPTIONS = {
                         "training.obs_normalization": True},
     "crossq": {"training.crossq": True, "training.adam_beta1": 0.5, "training.policy_delay": 3},
     "simba": {"training.network": "simba", "training.obs_normalization": True, "training.critic_loss": "two_hot"},
+    "bf16": {"training.precision": "bf16", "training.critic_loss": "hl_gauss", "training.critic_bins": 21},
 }
 
 
