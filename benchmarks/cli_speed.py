@@ -14,6 +14,9 @@ hidden [h, h] for the policy and the critics):
                     start-up includes no compiling: that happens at the first update, in the loop
 - `dynsac-fp32`, `dynsac-bf16`  `dynsac` with `training.precision` fp32 / bf16 (only when named
                     in `--systems`): what the default `auto` precision chooses, against either
+- `dynsac-ref`      `dynsac` run from another source tree (`--ref-src PATH`, e.g. a `git worktree`
+                    of an earlier commit; only when named in `--systems`): a change's before/after
+                    as users run it, alternating like the rest
 - `sb3`             `stable_baselines3.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)`
 - `sbx`             `sbx.SAC("MlpPolicy", "Pendulum-v1", ...).learn(N)` (JAX, jit-compiled update)
 
@@ -49,7 +52,7 @@ from common import REPO_ROOT, git_revision, write_json
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "cli_speed.json"
 SYSTEMS = ("dynsac", "dynsac-learned", "sb3", "sbx")
-OPTIONAL_SYSTEMS = ("dynsac-compiled", "dynsac-random", "dynsac-fp32", "dynsac-bf16")  # run only when named in --systems
+OPTIONAL_SYSTEMS = ("dynsac-compiled", "dynsac-random", "dynsac-fp32", "dynsac-bf16", "dynsac-ref")  # run only when named in --systems
 # `--policies`: dynsac (context none) under pinned thread counts and OpenMP wait policies.
 POLICIES = {
     "2 threads, PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
@@ -74,8 +77,10 @@ print("LOOP_S", time.time() - before, "SETUP_S", before - start)
 """
 
 
-def run_system(system: str, hidden: int, steps: int, folder: Path) -> dict[str, float]:
+def run_system(system: str, hidden: int, steps: int, folder: Path, ref_src: Path | None = None) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    if system == "dynsac-ref":  # its `src` first on the path: `import dynsac` finds that tree's package
+        env["PYTHONPATH"] = os.pathsep.join([str(ref_src / "src"), *filter(None, [env.get("PYTHONPATH")])])
     start = time.time()
     threads = None
     if system in POLICIES:
@@ -154,6 +159,8 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="run beside one CPU-bound process")
     parser.add_argument("--policies", action="store_true",
                         help="time dynsac under thread counts and OpenMP wait policies instead of the systems")
+    parser.add_argument("--ref-src", type=Path, default=None,
+                        help="the source tree (holding src/dynsac) that the dynsac-ref system runs")
     parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/cli_speed[_busy].json)")
     args = parser.parse_args()
     systems = args.systems.split(",")
@@ -162,6 +169,8 @@ def main() -> None:
         systems = chosen if args.systems == ",".join(SYSTEMS) else [chosen[int(i) - 1] for i in systems]
     elif unknown := [system for system in systems if system not in SYSTEMS + OPTIONAL_SYSTEMS]:
         parser.error(f"--systems: unknown {unknown}; known: {', '.join(SYSTEMS + OPTIONAL_SYSTEMS)}")
+    if "dynsac-ref" in systems and (args.ref_src is None or not (args.ref_src / "src" / "dynsac").is_dir()):
+        parser.error(f"--systems dynsac-ref needs --ref-src PATH holding src/dynsac (got {args.ref_src})")
     hiddens = [int(h) for h in args.hidden.split(",")]
     name = f"cli_speed{'_policies' if args.policies else ''}{'_busy' if args.busy else ''}.json"
     out = Path(args.out) if args.out else DEFAULT_OUT.with_name(name)
@@ -176,7 +185,7 @@ def main() -> None:
                 for rep in range(args.reps):
                     ceilings.append(matmul_ceiling(hidden))
                     for system in (systems if rep % 2 == 0 else systems[::-1]):
-                        result = run_system(system, hidden, steps, Path(tmp))
+                        result = run_system(system, hidden, steps, Path(tmp), args.ref_src)
                         runs[system].append(result)
                         print(f"[{hidden}x{hidden}] rep {rep + 1}/{args.reps} {system:<24} "
                               f"{result['loop_steps_per_s']:7.1f} steps/s in the loop, "
@@ -206,7 +215,8 @@ def summarize(runs: dict[str, list[dict[str, float]]], ceilings: list[float], hi
             "loop_steps_per_s": loop, "whole_steps_per_s": statistics.median(r["whole_steps_per_s"] for r in results),
             "startup_s": statistics.median(r["startup_s"] for r in results),
             "fraction_of_ceiling": loop * flops / 1e9 / cell["ceiling_gflops"], "runs": results}
-    for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac-learned", "dynsac"), ("dynsac-learned", "dynsac-random"),
+    for a, b in (("dynsac", "sb3"), ("dynsac", "sbx"), ("dynsac", "dynsac-ref"), ("dynsac-ref", "sb3"),
+                 ("dynsac-ref", "sbx"), ("dynsac-learned", "dynsac"), ("dynsac-learned", "dynsac-random"),
                  ("dynsac-compiled", "dynsac"), ("dynsac", "dynsac-fp32"), ("dynsac-bf16", "dynsac-fp32"),
                  ("dynsac-bf16", "sb3"), ("dynsac-bf16", "sbx"),
                  ("dynsac-compiled", "sb3"), ("dynsac-compiled", "sbx")):

@@ -111,3 +111,42 @@ def test_an_n_step_batch_bootstraps_from_the_last_summed_state_and_keeps_the_one
     assert torch.equal(last_obs, start + steps - 1) and torch.equal(batch.window[:, -1, 0][start > 0], (start - 1)[start > 0])
     one_step = buffer.sample(4)
     assert one_step.discount is None and one_step.transition_next_obs is one_step.next_obs
+
+
+def _tensor_path_add(buffer: ReplayBuffer, *args) -> None:
+    """`add` through the tensor assignments (the path off the CPU)."""
+    buffer.__dict__["_views"] = None
+    buffer._host_views = lambda: None  # type: ignore[method-assign]
+    buffer.add(*args)
+
+
+def test_host_writes_store_exactly_what_the_tensor_path_stores():
+    """On the CPU `add` writes through NumPy views of the tensors; every field must hold the same
+    bits as the tensor assignments give, overflow to Inf and NaN included."""
+    transitions = [
+        (np.array([0.1, -2.5], np.float32), np.array([0.3]), -1.25, np.array([1e-8, 3.0]), False, True, 4,
+         np.array([0.5, 1.5]), np.array([2.0, -1.0])),
+        (np.array([np.nan, 1.0]), np.array([-1.0], np.float32), 1e300, np.array([np.inf, 2.0 / 3.0]), True, False, 5,
+         np.array([1e40, 0.0]), np.array([-np.inf, np.nan])),
+        (np.array([2.0 / 3.0, 7.0]), np.array([1.0]), float("nan"), np.array([0.0, -0.0]), False, False, 2**40,
+         np.array([0.25, 0.75]), np.array([0.0, 1.0])),
+    ]
+    host, reference = (ReplayBuffer(4, 2, 1, context_dim=2) for _ in range(2))
+    for transition in transitions:
+        host.add(*transition)
+        _tensor_path_add(reference, *transition)
+    assert host.__dict__["_views"] is not None and host.size == reference.size == 3
+    for name in host._fields:
+        assert torch.equal(getattr(host, name).view(torch.uint8), getattr(reference, name).view(torch.uint8)), name
+    assert torch.isinf(host.reward[1]) and torch.isnan(host.reward[2])
+
+
+def test_a_copied_buffer_writes_into_its_own_tensors():
+    import copy
+
+    buffer = ReplayBuffer(4, 1, 1)
+    buffer.add(np.array([1.0]), np.array([0.0]), 1.0, np.array([2.0]), False, False, 0)
+    clone = copy.deepcopy(buffer)
+    clone.add(np.array([3.0]), np.array([0.0]), 1.0, np.array([4.0]), False, False, 0)
+    buffer.add(np.array([5.0]), np.array([0.0]), 1.0, np.array([6.0]), False, False, 0)
+    assert clone.obs[:2, 0].tolist() == [1.0, 3.0] and buffer.obs[:2, 0].tolist() == [1.0, 5.0]

@@ -122,6 +122,45 @@ def test_grad_norm_is_exact_and_does_not_overflow_float32():
     assert torch.linalg.vector_norm(weight.grad.double()).item() == pytest.approx(1.0, rel=1e-5)
 
 
+def _reference_clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """The clipping formula applied unconditionally (what clipped_grad_norm did before it skipped
+    the no-op multiply)."""
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    return [g * scale for g in grads]
+
+
+@pytest.mark.parametrize("norm", [0.5, 4.99, 4.9999, 5.0, 5.0001, 5.01, 50.0])
+def test_clipping_is_bit_exact_inside_at_and_beyond_the_limit(norm):
+    """Inside the limit the gradients are left untouched (the scale is exactly 1); at and beyond
+    it they are the unconditional formula's, bit for bit."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.zeros(7)), torch.nn.Parameter(torch.zeros(3, 2))]
+    raw = [torch.randn(7), torch.randn(3, 2)]
+    total = torch.linalg.vector_norm(torch.cat([g.flatten() for g in raw]))
+    for weight, grad in zip(weights, raw):
+        weight.grad = grad * (norm / total)
+    expected = _reference_clip([w.grad.clone() for w in weights], 5.0)
+    before = [w.grad.clone() for w in weights]
+    returned, finite, _ = clipped_grad_norm(weights, max_norm=5.0)
+    assert finite and returned.item() == pytest.approx(norm, rel=1e-5)
+    for weight, want in zip(weights, expected):
+        assert torch.equal(weight.grad, want)
+    if norm < 4.999:
+        assert all(torch.equal(w.grad, b) for w, b in zip(weights, before))
+
+
+def test_acting_sample_is_the_sample_s_action_from_the_same_draw():
+    policy = GaussianPolicy(3, 2, hidden_sizes=(8,))
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    action, _ = policy.sample(obs)
+    torch.manual_seed(1)
+    assert torch.equal(policy.sample_action(obs), action)
+    torch.manual_seed(1)
+    assert torch.equal(policy.act(obs), policy.to_env_action(action))
+
+
 def test_time_limit_truncation_bootstraps_termination_does_not():
     """Two identical transitions except that one terminated and the other was truncated."""
     torch.manual_seed(0)

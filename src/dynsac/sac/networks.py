@@ -144,6 +144,12 @@ class GaussianPolicy(nn.Module):
         action, log_prob, _ = tanh_gaussian(mu, log_std, torch.randn_like(mu) if noise is None else noise)
         return action, log_prob, log_std
 
+    def sample_action(self, obs: Tensor, context: Tensor | None = None) -> Tensor:
+        """`sample`'s action alone, the same numbers from the same draw, without the log-probability
+        (acting needs no log-probability: ~8 fewer ops per env step)."""
+        mu, log_std = self(obs, context)
+        return torch.tanh(torch.addcmul(mu, torch.randn_like(mu), log_std.exp()))
+
     def deterministic(self, obs: Tensor, context: Tensor | None = None) -> Tensor:
         """The mode's action in [-1, 1] (tanh of the mean)."""
         return torch.tanh(self(obs, context)[0])
@@ -155,7 +161,7 @@ class GaussianPolicy(nn.Module):
     @torch.no_grad()
     def act(self, obs: Tensor, context: Tensor | None = None, deterministic: bool = False) -> Tensor:
         """Env-scaled action(s) for acting, without autograd bookkeeping."""
-        action = self.deterministic(obs, context) if deterministic else self.sample(obs, context)[0]
+        action = self.deterministic(obs, context) if deterministic else self.sample_action(obs, context)
         return self.to_env_action(action)
 
 

@@ -102,6 +102,13 @@ class ReplayBuffer:
         next_context: np.ndarray | None = None,
     ) -> None:
         slot = self.position
+        views = self._host_views()
+        if views is not None:
+            self._add_on_host(views, slot, obs, action, reward, next_obs, terminated, truncated, episode_id, context,
+                              next_context)
+            self.position = (slot + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+            return
         if self.context_dim:
             self.context[slot] = torch.as_tensor(context, dtype=torch.float32)
             self.next_context[slot] = torch.as_tensor(next_context, dtype=torch.float32)
@@ -116,6 +123,38 @@ class ReplayBuffer:
         self.episode_id[slot] = int(episode_id)
         self.position = (slot + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def _host_views(self) -> dict[str, np.ndarray] | None:
+        """NumPy arrays sharing the fields' memory, on the CPU (None elsewhere): a transition
+        written through them costs ~3 us instead of ~25 us for seven tensor assignments."""
+        if self.device.type != "cpu":
+            return None
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = self.__dict__["_views"] = {name: getattr(self, name).numpy() for name in self._fields}
+        return views
+
+    def _add_on_host(self, views: dict[str, np.ndarray], slot: int, obs: Any, action: Any, reward: float,
+                     next_obs: Any, terminated: bool, truncated: bool, episode_id: int, context: Any,
+                     next_context: Any) -> None:
+        # A finite value beyond float32's range is stored as Inf, as the tensor path's cast does
+        # (the safety layer then sees and repairs it), without NumPy's overflow warning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.context_dim:
+                views["context"][slot] = context
+                views["next_context"][slot] = next_context
+            views["obs"][slot] = obs
+            views["action"][slot] = action
+            views["reward"][slot] = reward
+            views["next_obs"][slot] = next_obs
+        views["terminated"][slot] = float(terminated)
+        views["truncated"][slot] = bool(truncated)
+        views["episode_id"][slot] = int(episode_id)
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy makes its own views of its own tensors
+        state = self.__dict__.copy()
+        state.pop("_views", None)
+        return state
 
     def sample(
         self, batch_size: int, history_length: int = 0, generator: torch.Generator | None = None,

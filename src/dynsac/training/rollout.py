@@ -170,7 +170,7 @@ class Rollout:
         context = None if contexts[0] is None else torch.cat(contexts)
         policy = self.agent.policy
         with torch.no_grad():
-            action = policy.deterministic(obs_tensor, context) if deterministic else policy.sample(obs_tensor, context)[0]
+            action = policy.deterministic(obs_tensor, context) if deterministic else policy.sample_action(obs_tensor, context)
         return self._guard_action(action.cpu().numpy(), obs_tensor, context)
 
     def _acting_context(self, tracker: ContextTracker) -> Tensor | None:
