@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import torch
 from torch import nn
 
 from dynsac.sac.optim import LeanAdam
+from conftest import REPO_ROOT
 
 
 def _twins(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -106,3 +109,49 @@ def test_plain_adam_state_loads_onto_the_fused_kernel() -> None:
         _step(net, lean, inputs)
         _step(twin, reference, inputs)
         _assert_same(net, twin)
+
+
+def test_first_step_state_is_adams_and_a_first_step_without_some_gradients_is_adams_too() -> None:
+    net, twin = _twins(3)
+    lean, reference = LeanAdam(net.parameters(), lr=1e-2), torch.optim.Adam(twin.parameters(), lr=1e-2, fused=True)
+    _step(net, lean, torch.randn(8, 5, generator=torch.Generator().manual_seed(4)))
+    _step(twin, reference, torch.randn(8, 5, generator=torch.Generator().manual_seed(4)))
+    ours, theirs = lean.state_dict(), reference.state_dict()
+    for index, state in theirs["state"].items():
+        assert set(ours["state"][index]) == set(state)
+        for key, value in state.items():
+            mine = ours["state"][index][key]
+            assert mine.dtype == value.dtype and mine.device == value.device and torch.equal(mine, value), key
+    # A first step where one layer has no gradient creates state only where Adam does.
+    net, twin = _twins(5)
+    lean, reference = LeanAdam(net.parameters(), lr=1e-2), torch.optim.Adam(twin.parameters(), lr=1e-2, fused=True)
+    for model, optimizer in ((net, lean), (twin, reference)):
+        optimizer.zero_grad(set_to_none=True)
+        model[2](torch.randn(4, 16, generator=torch.Generator().manual_seed(6))).sum().backward()
+        optimizer.step()
+    _assert_same(net, twin)
+    assert sorted(lean.state_dict()["state"]) == sorted(reference.state_dict()["state"]) == [2, 3]
+
+
+def test_training_saving_and_resuming_never_import_torch_compiler(tmp_path, subprocess_env) -> None:
+    """torch's optimizer methods import `torch._dynamo` on their first call (~1 s of start-up);
+    a whole run through `dynsac train`, its checkpoint and a resume must not."""
+    script = f"""
+import sys
+from dynsac.cli import main
+common = ["--set", "training.eval_episodes=1", "--set", "logging.progress=off",
+          "--set", "training.checkpoint_dir={tmp_path / 'ck'}", "--set", "logging.dir={tmp_path / 'run'}",
+          "--set", "training.hidden_sizes=[16, 16]", "--set", "training.learning_starts=50"]
+for args in (["--set", "training.total_steps=80", "--set", "training.checkpoint_interval=80"],
+             ["--resume", "{tmp_path / 'ck' / 'sac_step_80.pt'}", "--set", "training.total_steps=100"]):
+    sys.argv = ["dynsac", "train", "--config", "configs/pendulum.yaml", *args, *common]
+    try:
+        main()
+    except SystemExit as stop:
+        assert not stop.code, stop.code
+print("DYNAMO", "torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT, env=subprocess_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DYNAMO False" in done.stdout, done.stdout[-500:]

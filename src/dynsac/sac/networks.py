@@ -113,10 +113,13 @@ class GaussianPolicy(nn.Module):
         else:
             self.net = mlp(obs_dim + context_dim, hidden_sizes, 2 * action_dim)
         self.obs_normalizer: ObservationNormalizer | None = None  # set by the agent (training.obs_normalization)
-        low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32)
-        high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32)
-        self.register_buffer("action_center", ((high + low) / 2).expand(action_dim).clone())
-        self.register_buffer("action_half_range", ((high - low) / 2).expand(action_dim).clone())
+        # Computed on the CPU, then moved to the default device: on the meta device (the resource
+        # estimate builds the networks there) this arithmetic would import torch's compiler (~1 s).
+        low = torch.as_tensor(-1.0 if action_low is None else action_low, dtype=torch.float32, device="cpu")
+        high = torch.as_tensor(1.0 if action_high is None else action_high, dtype=torch.float32, device="cpu")
+        device = torch.get_default_device()
+        self.register_buffer("action_center", ((high + low) / 2).expand(action_dim).clone().to(device))
+        self.register_buffer("action_half_range", ((high - low) / 2).expand(action_dim).clone().to(device))
 
     def forward(self, obs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log standard deviation of the pre-tanh Gaussian."""

@@ -7,6 +7,12 @@ kernel itself for SAC-sized networks, paid three times per SAC update (actor, cr
 `LeanAdam` builds those lists once and reuses them until the optimizer state changes (first
 step, `load_state_dict`). State dicts are those of `torch.optim.Adam`, so checkpoints do not
 change.
+
+It also keeps `torch._dynamo` unimported: torch wraps `Optimizer.add_param_group`, `zero_grad`,
+`state_dict`, `load_state_dict` and `Adam.step` so that the compiler skips them, and the wrapper's
+first call imports the compiler, ~1 s of every process's start-up on this machine. `LeanAdam`
+calls the undecorated methods (outside `torch.compile`) and creates the state of its first step
+itself, as `Adam` would.
 """
 
 from __future__ import annotations
@@ -16,7 +22,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim.optimizer import _device_dtype_check_for_fused, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+
+def _undecorated(name: str) -> Any:
+    """`torch.optim.Optimizer.<name>` without its `torch._disable_dynamo` wrapper (the wrapper
+    itself where this torch has none)."""
+    method = getattr(torch.optim.Optimizer, name)
+    return getattr(method, "__wrapped__", method)
+
+
+_RAW = {name: _undecorated(name) for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict")}
 
 
 class LeanAdam(torch.optim.Adam):
@@ -24,7 +40,7 @@ class LeanAdam(torch.optim.Adam):
 
     The fast path needs one param group with plain Adam options (no amsgrad or maximize; weight
     decay only decoupled, AdamW's) and every parameter with a gradient, all on one device and
-    dtype; anything else (and the first step, which creates the state) goes through
+    dtype (the first such step creates the state as Adam would); anything else goes through
     `torch.optim.Adam.step` unchanged. `weight_decay` is AdamW's decoupled decay (0: plain Adam).
     """
 
@@ -42,12 +58,15 @@ class LeanAdam(torch.optim.Adam):
         if group["amsgrad"] or group["maximize"] or (group["weight_decay"] and not group["decoupled_weight_decay"]):
             return None
         params = group["params"]
-        states = [self.state.get(param) for param in params]
-        if not params or any(not state for state in states):
-            return None  # no state yet: the first step creates it
         kinds = {(param.device, param.dtype) for param in params}
-        if len(kinds) != 1:
+        if not params or len(kinds) != 1:
             return None
+        states = [self.state.get(param) for param in params]
+        missing = [not state for state in states]
+        if any(missing):  # the first step: its state, as Adam would create it
+            if not all(missing) or any(param.grad is None for param in params):
+                return None  # a partial state, or a parameter without gradient: Adam's own step
+            states = [self._initial_state(param) for param in params]
         self._cache = (
             self.state,
             list(params),
@@ -57,6 +76,30 @@ class LeanAdam(torch.optim.Adam):
         )
         return self._cache[1:]
 
+    def _initial_state(self, param: Tensor) -> dict[str, Tensor]:
+        """The state `torch.optim.Adam(fused=True)` creates at a parameter's first step."""
+        _device_dtype_check_for_fused(param)
+        state = self.state[param]
+        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if torch.compiler.is_compiling():
+            return super().add_param_group(param_group)
+        return _RAW["add_param_group"](self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if torch.compiler.is_compiling():
+            return super().zero_grad(set_to_none)
+        return _RAW["zero_grad"](self, set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        if torch.compiler.is_compiling():
+            return super().state_dict()
+        return _RAW["state_dict"](self)
+
     def __setstate__(self, state: dict[str, Any]) -> None:  # copies and unpickling keep no cache
         super().__setstate__(state)
         self._cache = None
@@ -65,7 +108,10 @@ class LeanAdam(torch.optim.Adam):
         """Adam's `load_state_dict`, then this optimizer's own settings: a state saved by a plain
         (unfused) Adam, as older checkpoints hold, keeps its step counts on the CPU, where the fused
         kernel on a GPU cannot read them, and its group would send later steps to the unfused kernel."""
-        super().load_state_dict(state_dict)
+        if torch.compiler.is_compiling():
+            super().load_state_dict(state_dict)
+        else:
+            _RAW["load_state_dict"](self, state_dict)
         for group in self.param_groups:
             group["fused"] = True
             for param in group["params"]:
