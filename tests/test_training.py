@@ -182,6 +182,31 @@ def test_importing_dynsac_loads_no_torch_and_sets_no_environment(subprocess_env)
     assert lines == ["False", "True", "True", "None"]
 
 
+def test_thread_governor_measures_over_the_start_up_and_waits_only_for_the_rest_of_its_window(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    from dynsac.training import threads
+
+    reports = []
+    trainer = SimpleNamespace(step=0, events=SimpleNamespace(report=lambda *args, **kwargs: reports.append(args)))
+    monkeypatch.setattr(threads.torch, "set_num_threads", lambda n: None)
+    governor = threads.ThreadGovernor(cores=2)
+    time.sleep(threads.PROBE_S)  # the trainer's own start-up
+    start = time.monotonic()
+    governor.on_train_start(trainer)
+    assert time.monotonic() - start < threads.PROBE_S / 2 and governor.threads in (1, 2) and reports
+    fresh = threads.ThreadGovernor(cores=2)  # built just now: waits for the whole window
+    start = time.monotonic()
+    fresh.on_train_start(trainer)
+    assert time.monotonic() - start >= threads.PROBE_S * 0.9
+    stale = threads.ThreadGovernor(cores=2)
+    stale._others.opened -= threads.STALE_S + 1  # built long before training: measures afresh
+    start = time.monotonic()
+    stale.on_train_start(trainer)
+    assert time.monotonic() - start >= threads.PROBE_S * 0.9
+
+
 def test_thread_governor_gives_way_to_busy_processes():
     from dynsac.training.threads import BusyOthers, threads_for
 

@@ -72,6 +72,9 @@ def add_no_rewind(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dynsac.cpu_load import open_start_window
+
+    open_start_window()  # torch_threads auto's first window: the start-up's imports count towards it
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "resume": run_resume, "rewind": run_rewind, "eval": run_eval, "export": run_export,
                 "sweep": run_sweep, "plot": run_plot, "summary": run_summary}

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dynsac.cpu_load import BusyOthers, take_start_window
 from dynsac.training.callbacks import Callback
 
 if TYPE_CHECKING:
     from dynsac.training.trainer import SACTrainer
 
-PROBE_S = 0.2  # the first measurement's window, before training starts
+PROBE_S = 0.2  # the first measurement's shortest window; it opens when the trainer is built
+STALE_S = 10.0  # a window opened longer ago than this before training (a notebook) starts afresh
 
 
 def usable_cores() -> int:
@@ -37,35 +39,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-class BusyOthers:
-    """How many cores other processes kept busy since the last reading (from /proc/stat and this
-    process's own CPU time; the 1-minute load average where /proc/stat is missing)."""
-
-    def __init__(self) -> None:
-        self._last = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as stat:
-                fields = [float(v) for v in stat.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        ticks = os.sysconf("SC_CLK_TCK")
-        busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)) / ticks  # minus idle, iowait
-        own = sum(os.times()[:2])
-        return time.monotonic(), busy, own
-
-    def read(self) -> float:
-        now = self._sample()
-        if now is None or self._last is None:
-            return max(0.0, os.getloadavg()[0] - 1.0) if hasattr(os, "getloadavg") else 0.0
-        (t0, busy0, own0), (t1, busy1, own1) = self._last, now
-        self._last = now
-        elapsed = max(t1 - t0, 1e-3)
-        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / elapsed)
 
 
 def threads_for(cores: int, busy_others: float) -> int:
@@ -79,11 +52,17 @@ class ThreadGovernor(Callback):
     def __init__(self, cores: int | None = None) -> None:
         self.cores = cores or usable_cores()
         self.threads: int | None = None
-        self._others: BusyOthers | None = None
+        # The first window spans the start-up, from the CLI's start (before torch loads) or from
+        # here (this process's own CPU time is not counted), so training waits only for what is
+        # left of PROBE_S.
+        self._others: BusyOthers | None = take_start_window() or BusyOthers()
 
     def on_train_start(self, trainer: SACTrainer) -> None:
-        self._others = BusyOthers()
-        time.sleep(PROBE_S)
+        if self._others is None or time.monotonic() - self._others.opened > STALE_S:
+            self._others = BusyOthers()
+        left = PROBE_S - (time.monotonic() - self._others.opened)
+        if left > 0:
+            time.sleep(left)
         self._apply(trainer, self._others.read(), first=True)
 
     def on_log(self, trainer: SACTrainer, step: int, scalars: dict[str, float]) -> None:
