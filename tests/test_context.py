@@ -96,6 +96,21 @@ def test_running_normalizer_cpu_path_is_the_tensor_arithmetic_bit_for_bit():
     assert torch.equal(normalizer.statistics(torch.float32, torch.device("cpu"))[1], reference_std)
 
 
+def test_dynamics_map_observes_numpy_transitions_as_it_does_tensors():
+    """A CPU run hands the collected transition to the map as NumPy arrays: the feature
+    statistics must be those of the tensor path, bit for bit."""
+    from_numpy, from_tensors = DynamicsMap(3, 2, context_dim=2), DynamicsMap(3, 2, context_dim=2)
+    rng = np.random.default_rng(2)
+    for step in range(200):
+        obs = (rng.standard_normal(3) * 10.0 ** rng.uniform(-2, 5)).astype(np.float32)
+        next_obs = (obs + rng.standard_normal(3) * 1e-3).astype(np.float32)
+        action = rng.uniform(-1, 1, 2).astype(np.float32)
+        from_numpy.observe(obs, action, next_obs)
+        from_tensors.observe(*(torch.as_tensor(x) for x in (obs, action, next_obs)))
+        for name in ("count", "mean", "sum_squares"):
+            assert torch.equal(getattr(from_numpy.normalizer, name), getattr(from_tensors.normalizer, name)), (name, step)
+
+
 def test_normalize_follows_every_change_of_the_statistics():
     """`normalize` caches its float32 (mean, std); updates and state loads must refresh it."""
     normalizer = RunningNormalizer(3)

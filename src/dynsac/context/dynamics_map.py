@@ -227,6 +227,11 @@ class DynamicsMap(nn.Module):
             set_grads([*weights, *biases], [*weight_grads, *bias_grads])
         return context, next_context, metrics
 
-    def observe(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
-        """Update the feature statistics with newly collected transitions."""
+    def observe(self, obs: Tensor | np.ndarray, action: Tensor | np.ndarray, next_obs: Tensor | np.ndarray) -> None:
+        """Update the feature statistics with newly collected transitions (tensors, or NumPy
+        arrays: a CPU run's collected transitions need no round trip through torch)."""
+        if isinstance(obs, np.ndarray):
+            # The same float32 arithmetic as `transition_features`, without ~5 torch dispatches.
+            self.normalizer.update(np.concatenate([obs, action, next_obs - obs], axis=-1))
+            return
         self.normalizer.update(transition_features(obs, action, next_obs))

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -216,9 +217,10 @@ class SACAgent(nn.Module):
         return named
 
     @torch.no_grad()
-    def observe(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
+    def observe(self, obs: Tensor | np.ndarray, action: Tensor | np.ndarray, next_obs: Tensor | np.ndarray) -> None:
         """A collected transition (rows of N envs): the learned map's feature statistics and,
-        with observation normalisation, the running statistics every network normalises with."""
+        with observation normalisation, the running statistics every network normalises with.
+        NumPy arrays only where the agent lives on the CPU."""
         if self.dynamics_map is not None:
             self.dynamics_map.observe(obs, action, next_obs)
         if self.obs_statistics is not None:

@@ -174,7 +174,10 @@ class SACTrainer:
         self.reward_normalizer.observe(scaled)
         self.buffer.add(obs, action, scaled, next_obs, terminated, truncated, episode_id, context, next_context)
         if self.agent.dynamics_map is not None or self.agent.obs_statistics is not None:
-            self.agent.observe(*(torch.as_tensor(x, device=self.device) for x in (obs, action, next_obs)))
+            transition = (obs, action, next_obs)
+            if self.device.type != "cpu":
+                transition = tuple(torch.as_tensor(x, device=self.device) for x in transition)
+            self.agent.observe(*transition)
 
     def update(self) -> dict[str, torch.Tensor]:
         """One supervised gradient step on a uniformly sampled batch; metrics stay on the device."""
