@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -298,3 +299,23 @@ def test_option_cost_times_each_option_against_the_classic_update(tmp_path, subp
     for name in ("hl_gauss", "hl_gauss_51"):  # one repetition: the median ratio is the ratio of the medians
         expected = rows[name]["ms_per_update"] / rows["classic"]["ms_per_update"]
         assert rows[name]["ms_per_update"] > 0 and abs(rows[name]["ratio_to_classic"] - expected) < 1e-9 * expected
+
+
+def test_map_cost_times_variants_and_the_what_if_skips_half_the_map_steps(tmp_path, subprocess_env):
+    """benchmarks/map_cost.py at the tiniest budget: ratios are medians of per-block ratios to
+    `none`, and the what-if `every2` variant takes half the map's optimizer steps of `learned`."""
+    out = tmp_path / "map_cost.json"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "map_cost.py"), "--hidden", "16",
+                             "--variants", "none,learned,every2", "--warmup", "320", "--blocks", "2", "--steps", "5",
+                             "--parts-steps", "5", "--threads", "1", "--out", str(out)],
+                            capture_output=True, text=True, env=subprocess_env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = data["variants"]
+    assert rows["none"]["ratio_to_none"] == 1.0 and rows["none"]["map_adam_steps"] is None
+    for name in ("learned", "every2"):
+        ratios = [own / base for own, base in zip(rows[name]["block_ms"], rows["none"]["block_ms"])]
+        assert abs(rows[name]["ratio_to_none"] - statistics.median(ratios)) < 1e-12
+    learned, every2 = rows["learned"]["map_adam_steps"], rows["every2"]["map_adam_steps"]
+    assert learned > 30 and abs(every2 - learned / 2) <= 1
+    assert data["parts_learned"]["  map prediction step"] > 0 and "  map prediction step" not in data["parts_none"]
