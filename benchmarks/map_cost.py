@@ -122,12 +122,17 @@ def parts(trainer: SACTrainer, steps: int) -> dict[str, float]:
     if agent.dynamics_map is not None:
         wrap(agent.dynamics_map, "learn_by_hand", "  map prediction step")
         wrap(agent.map_optimizer, "fast_step", "  map Adam step")
+    module_functions = {name: getattr(agent_module, name) for name in ("clipped_grad_norm", "guard_context")}
     wrap(agent_module, "clipped_grad_norm", "  gradient norms and clipping (all)")
     wrap(agent_module, "guard_context", "  context guard")
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    total = (time.perf_counter() - start) / steps * 1e3
+    try:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        total = (time.perf_counter() - start) / steps * 1e3
+    finally:  # the next trainer's parts must not run through these wrappers too
+        for name, function in module_functions.items():
+            setattr(agent_module, name, function)
     result = {label: seconds / steps * 1e3 for label, seconds in spent.items()}
     result["total"] = total
     return result
@@ -145,6 +150,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/map_cost.json"))
     args = parser.parse_args()
     names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(map(repr, unknown))}; expected some of {', '.join(VARIANTS)}")
     if names[0] != "none":
         parser.error("--variants must start with none (the base of the ratios)")
     trainers = {}
