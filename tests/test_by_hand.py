@@ -275,12 +275,14 @@ def on_device(batch: Batch, device: torch.device | str) -> Batch:
     })
 
 
-def learned_map_case(bounded: bool = True, device: torch.device | str = "cpu") -> tuple[SACAgent, Batch]:
+def learned_map_case(bounded: bool = True, device: torch.device | str = "cpu", backward_weight: float = 0.5
+                     ) -> tuple[SACAgent, Batch]:
     """A float64 agent with a small learned dynamics map (its normaliser fed 100 transitions), and
     a batch with windows, some of their slots masked."""
     torch.manual_seed(5)
     history, context_dim = 4, 3
-    dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,), bounded=bounded)
+    dynamics_map = DynamicsMap(3, 2, context_dim, history, (16, 8), (12,), backward_weight=backward_weight,
+                               bounded=bounded)
     agent = SACAgent(3, 2, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,), context_dim=context_dim,
                      dynamics_map=dynamics_map).double()
     generator = torch.Generator().manual_seed(9)
@@ -294,9 +296,10 @@ def learned_map_case(bounded: bool = True, device: torch.device | str = "cpu") -
     return agent.to(device), on_device(batch, device)
 
 
-@pytest.mark.parametrize("bounded", [True, False])
-def test_by_hand_dynamics_map_matches_autograd(bounded):
-    by_hand, batch = learned_map_case(bounded)
+@pytest.mark.parametrize("bounded, backward_weight", [(True, 0.5), (False, 0.5), (True, 0.0)])
+def test_by_hand_dynamics_map_matches_autograd(bounded, backward_weight):
+    by_hand, batch = learned_map_case(bounded, backward_weight=backward_weight)
+    assert (by_hand.dynamics_map.backward_model is None) == (backward_weight == 0)
     reference = copy.deepcopy(by_hand)
     reference.use_backend("autograd")
     _assert_same_updates(by_hand, reference, batch, steps=4)

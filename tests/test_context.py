@@ -199,6 +199,27 @@ def test_learned_context_resume_is_bit_exact(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_map_without_backward_weight_builds_no_backward_predictor(tmp_path):
+    """`backward_weight: 0`: no backward predictor (nor its optimizer state, nor its metric); the run
+    trains, saves and resumes."""
+    overrides = {"env.id": "dynsac/RandomPendulum-v0", "context.source": "learned", "context.history_length": 4,
+                 "context.encoder_hidden_sizes": "[16]", "context.model_hidden_sizes": "[16]",
+                 "context.backward_weight": 0, "training.total_steps": 250}
+    trainer = SACTrainer(load_config(None, tiny_overrides(tmp_path, **overrides)))
+    trainer.train()
+    dynamics_map = trainer.agent.dynamics_map
+    assert dynamics_map.backward_model is None
+    assert not any(name.startswith("backward_model") for name in dynamics_map.state_dict())
+    map_params = {id(p) for group in trainer.agent.map_optimizer.param_groups for p in group["params"]}
+    assert map_params == {id(p) for p in dynamics_map.parameters()}
+    records = [r for r in read_metrics(tmp_path / "run") if "dynamics_map/forward_loss" in r]
+    assert records and not any("dynamics_map/backward_loss" in r for r in records)
+    resumed = SACTrainer.from_checkpoint(tmp_path / "checkpoints" / "sac_step_200.pt",
+                                         load_config(None, tiny_overrides(tmp_path, **overrides)))
+    assert resumed.agent.dynamics_map.backward_model is None
+    resumed.train()
+
+
 class DictContextPendulum(gym.Env):
     """Pendulum-v1 returning CARL-style Dict observations {"obs", "context"}."""
 

@@ -104,7 +104,10 @@ class ContextConfig(_Section):
         [128, 128], min_length=1, max_length=MAX_LAYERS,
         description="Layers of the forward and backward dynamics predictors.",
     )
-    backward_weight: float = Field(0.5, ge=0, le=MAX_FACTOR, description="Weight of the backward prediction loss.")
+    backward_weight: float = Field(
+        0.5, ge=0, le=MAX_FACTOR,
+        description="Weight of the backward prediction loss; 0 builds no backward predictor (a forward-only map).",
+    )
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of encoder and predictors.")
     bounded: bool = Field(True, description="Squash the learned context with tanh into (-1, 1).")
     critic_gradient: bool = Field(

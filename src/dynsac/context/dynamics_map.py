@@ -3,7 +3,8 @@ trained by predicting the dynamics (in the manner of CaDM, Lee et al. 2020).
 
 Forward loss: predict s' - s from (s, a, context). Backward loss: predict s from (s', a, context),
 weighted by `backward_weight`. Both on normalised quantities, so the loss does not depend on the
-env's units.
+env's units. With `backward_weight` 0 the map has no backward predictor at all: it would cost as
+much as the forward one and learn nothing.
 """
 
 from __future__ import annotations
@@ -33,23 +34,28 @@ def encoder_input(window: Tensor, mask: Tensor, mean: Tensor, std: Tensor) -> Te
 
 
 def predictor_inputs(
-    obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor, mean: Tensor, std: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Inputs of the forward and backward predictors, and their targets (normalised s' - s and s)."""
+    obs: Tensor, action: Tensor, next_obs: Tensor, context: Tensor, mean: Tensor, std: Tensor, backward: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Inputs of the forward and (with `backward`) backward predictors, and their targets
+    (normalised s' - s and s)."""
     obs_dim, action_dim = obs.shape[-1], action.shape[-1]
     norm_obs = normalized(obs, mean, std, 0, obs_dim)
-    norm_next_obs = normalized(next_obs, mean, std, 0, obs_dim)
     norm_delta = normalized(next_obs - obs, mean, std, obs_dim + action_dim)
     forward_input = torch.cat([norm_obs, action, context], dim=-1)
-    backward_input = torch.cat([norm_next_obs, action, context], dim=-1)
+    if not backward:
+        return forward_input, None, norm_delta, norm_obs
+    backward_input = torch.cat([normalized(next_obs, mean, std, 0, obs_dim), action, context], dim=-1)
     return forward_input, backward_input, norm_delta, norm_obs
 
 
 def prediction_losses(
-    forward_pred: Tensor, backward_pred: Tensor, norm_delta: Tensor, norm_obs: Tensor, backward_weight: float
+    forward_pred: Tensor, backward_pred: Tensor | None, norm_delta: Tensor, norm_obs: Tensor, backward_weight: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """forward MSE + backward_weight x backward MSE, and the two (detached) as metrics."""
+    """forward MSE + backward_weight x backward MSE, and the two (detached) as metrics; the forward
+    MSE alone without a backward predictor."""
     forward_loss = (forward_pred - norm_delta).square().mean()
+    if backward_pred is None:
+        return forward_loss, {"forward_loss": forward_loss.detach()}
     backward_loss = (backward_pred - norm_obs).square().mean()
     loss = forward_loss + backward_weight * backward_loss
     return loss, {"forward_loss": forward_loss.detach(), "backward_loss": backward_loss.detach()}
@@ -57,35 +63,42 @@ def prediction_losses(
 
 def prediction_gradients(
     window: Tensor, mask: Tensor, next_window: Tensor, next_mask: Tensor, obs: Tensor, action: Tensor,
-    next_obs: Tensor, mean: Tensor, std: Tensor, encoder: Layers, forward_model: Layers, backward_model: Layers,
+    next_obs: Tensor, mean: Tensor, std: Tensor, encoder: Layers, forward_model: Layers, backward_model: Layers | None,
     bounded: bool, backward_weight: float,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor], list[tuple[list[Tensor], list[Tensor]]]]:
     """`DynamicsMap.encode` of both windows (in one pass) + `prediction_loss` + its backward pass,
     written out: the contexts of s and s', the loss metrics, and the (weight, bias) gradients of
-    the encoder, forward and backward models. Pure, so `training.compile` can compile it."""
+    the encoder, forward and (if any) backward models. Pure, so `training.compile` can compile it."""
     batch = window.shape[0]
     both = torch.cat([encoder_input(window, mask, mean, std), encoder_input(next_window, next_mask, mean, std)])
     raw_contexts, encoder_inputs = relu_mlp_forward(both, *encoder)
     contexts = torch.tanh(raw_contexts) if bounded else raw_contexts
     context, next_context = contexts[:batch], contexts[batch:]
     encoder_inputs = [layer_input[:batch] for layer_input in encoder_inputs]  # s' only feeds the TD target
-    forward_input, backward_input, norm_delta, norm_obs = predictor_inputs(obs, action, next_obs, context, mean, std)
+    forward_input, backward_input, norm_delta, norm_obs = predictor_inputs(obs, action, next_obs, context, mean, std,
+                                                                           backward_model is not None)
+    context_dim = context.shape[-1]
     forward_pred, forward_inputs = relu_mlp_forward(forward_input, *forward_model)
-    backward_pred, backward_inputs = relu_mlp_forward(backward_input, *backward_model)
+    backward_pred = None
+    if backward_model is not None:
+        backward_pred, backward_inputs = relu_mlp_forward(backward_input, *backward_model)
     _, metrics = prediction_losses(forward_pred, backward_pred, norm_delta, norm_obs, backward_weight)
     # d mean((pred - target)^2) / d pred = 2 (pred - target) / numel
     grad_forward = (forward_pred - norm_delta).mul_(2.0 / forward_pred.numel())
-    grad_backward = (backward_pred - norm_obs).mul_(2.0 * backward_weight / backward_pred.numel())
     grad_forward_input, *forward_grads = relu_mlp_backward(grad_forward, forward_inputs, forward_model[0],
                                                            input_grad=True)
-    grad_backward_input, *backward_grads = relu_mlp_backward(grad_backward, backward_inputs, backward_model[0],
-                                                             input_grad=True)
-    context_dim = context.shape[-1]
-    grad_context = grad_forward_input[:, -context_dim:] + grad_backward_input[:, -context_dim:]
+    grad_context = grad_forward_input[:, -context_dim:]
+    model_grads = [forward_grads]
+    if backward_pred is not None:
+        grad_backward = (backward_pred - norm_obs).mul_(2.0 * backward_weight / backward_pred.numel())
+        grad_backward_input, *backward_grads = relu_mlp_backward(grad_backward, backward_inputs, backward_model[0],
+                                                                 input_grad=True)
+        grad_context = grad_context + grad_backward_input[:, -context_dim:]
+        model_grads.append(backward_grads)
     if bounded:
         grad_context = grad_context * (1.0 - context.square())
     _, *encoder_grads = relu_mlp_backward(grad_context, encoder_inputs, encoder[0])
-    return context, next_context, metrics, [tuple(grads) for grads in (encoder_grads, forward_grads, backward_grads)]
+    return context, next_context, metrics, [tuple(grads) for grads in (encoder_grads, *model_grads)]
 
 
 @functools.cache
@@ -158,7 +171,8 @@ class RunningNormalizer(nn.Module):
 
 
 class DynamicsMap(nn.Module):
-    """Encoder + forward and backward dynamics predictors + feature normaliser."""
+    """Encoder + forward and (with `backward_weight` > 0) backward dynamics predictors + feature
+    normaliser."""
 
     def __init__(
         self,
@@ -180,7 +194,12 @@ class DynamicsMap(nn.Module):
         # Input: the flattened window of normalised features plus its mask.
         self.encoder = mlp(history_length * (self.feature_dim + 1), encoder_hidden_sizes, context_dim)
         self.forward_model = mlp(obs_dim + action_dim + context_dim, model_hidden_sizes, obs_dim)
-        self.backward_model = mlp(obs_dim + action_dim + context_dim, model_hidden_sizes, obs_dim)
+        self.backward_model = (
+            mlp(obs_dim + action_dim + context_dim, model_hidden_sizes, obs_dim) if backward_weight > 0 else None
+        )
+
+    def _networks(self) -> list[nn.Module]:
+        return [net for net in (self.encoder, self.forward_model, self.backward_model) if net is not None]
 
     def encode(self, window: Tensor, mask: Tensor) -> Tensor:
         """(B, K, F) raw features and (B, K) mask -> (B, context_dim)."""
@@ -195,17 +214,17 @@ class DynamicsMap(nn.Module):
         """CaDM's loss: forward + backward_weight x backward prediction MSE, and both as metrics."""
         mean, std = self.normalizer.statistics(obs.dtype, obs.device)
         forward_input, backward_input, norm_delta, norm_obs = predictor_inputs(
-            obs, action, next_obs, context, mean, std
+            obs, action, next_obs, context, mean, std, self.backward_model is not None
         )
-        return prediction_losses(self.forward_model(forward_input), self.backward_model(backward_input), norm_delta,
-                                 norm_obs, self.backward_weight)
+        backward_pred = None if self.backward_model is None else self.backward_model(backward_input)
+        return prediction_losses(self.forward_model(forward_input), backward_pred, norm_delta, norm_obs,
+                                 self.backward_weight)
 
     def by_hand_applies(self, x: Tensor) -> bool:
         """Whether `learn_by_hand` applies: its three MLPs take their hand-written passes."""
-        networks = (self.encoder, self.forward_model, self.backward_model)
         return all(
             net.fused and fusable(x, net.linear_parameters()[0][0], [self, net, *net._modules.values()])
-            for net in networks
+            for net in self._networks()
         )
 
     @torch.no_grad()
@@ -216,12 +235,13 @@ class DynamicsMap(nn.Module):
         """`prediction_gradients` on this map (through torch.compile with `compiled`): sets the
         gradients of the map's parameters and returns the (detached) contexts of s and s' and the
         loss metrics."""
-        layers = [net.linear_parameters() for net in (self.encoder, self.forward_model, self.backward_model)]
+        layers = [net.linear_parameters() for net in self._networks()]
         mean, std = self.normalizer.statistics(obs.dtype, obs.device)
         gradients = compiled_prediction_gradients() if compiled else prediction_gradients
+        encoder, forward_model, *backward_model = layers
         context, next_context, metrics, grads = gradients(
-            window, mask, next_window, next_mask, obs, action, next_obs, mean, std, *layers, self.bounded,
-            self.backward_weight,
+            window, mask, next_window, next_mask, obs, action, next_obs, mean, std, encoder, forward_model,
+            backward_model[0] if backward_model else None, self.bounded, self.backward_weight,
         )
         for (weights, biases), (weight_grads, bias_grads) in zip(layers, grads):
             set_grads([*weights, *biases], [*weight_grads, *bias_grads])
