@@ -9,6 +9,7 @@ the median of its per-block ratios to `none`:
 - `learned`    `context.source=learned`, the shipped map
 - `small`      the same with encoder [64, 64] and predictors [64, 64] (rejected in docs/critics.md:
                it loses the held-out pendulums)
+- `forward-only`  the shipped map with `context.backward_weight=0`: no backward predictor
 - `every2`     what-if: the shipped map whose prediction step (and its optimizer step) runs on
                every other update only; the contexts of the other updates come from a forward pass
                of the encoder. Not a dynsac option: patched in here to size what it would save.
@@ -43,6 +44,7 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {  # name: (overrides, map learns 
     "none": ([], False),
     "learned": (["context.source=learned"], False),
     "small": (["context.source=learned", *SMALL], False),
+    "forward-only": (["context.source=learned", "context.backward_weight=0"], False),
     "every2": (["context.source=learned"], True),
     "small-every2": (["context.source=learned", *SMALL], True),
 }

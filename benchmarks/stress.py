@@ -98,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="dynsac run folders (default benchmarks/results/stress_runs)")
     parser.add_argument("--resume-results", action="store_true", help="skip the runs --out already holds")
     parser.add_argument("--crash-case-only", action="store_true", help="run only the crash case (its --libs variants)")
+    parser.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dynsac config override for every grid run, after its learning rate, e.g. "
+                        "training.critic_learning_rate=5e-4 (the default critic rate, which an explicit "
+                        "learning_rate replaces) (repeatable)")
     parser.add_argument("--crash-variants", default=",".join(CRASH_VARIANTS),
                         help=f"crash-case variants (default {','.join(CRASH_VARIANTS)})")
     args = parser.parse_args(argv)
@@ -141,7 +145,8 @@ def make_specs(args: argparse.Namespace, code_dir: str, configs: dict[str, Path]
                     for lib in args.libs:
                         specs.append({"key": f"{env}_x{multiplier:g}_lr{lr:g}_{lib}_seed{seed}", "group": "grid",
                                       "variant": lib, "lib": lib, "env": env, "multiplier": multiplier, "lr": lr,
-                                      "tau": None, "seed": seed, "steps": args.steps, "extra": []})
+                                      "tau": None, "seed": seed, "steps": args.steps,
+                                      "extra": args.set if lib == "dynsac" else []})
     for spec in specs:
         spec.update(code_dir=code_dir, config=str(configs[spec["env"]]), eval_episodes=args.eval_episodes,
                     log_dir=str(args.runs_dir / spec["key"]))
@@ -417,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "jobs": args.jobs, "steps": args.steps,
             "crash_steps": args.crash_steps, "seeds": args.seeds, "envs": args.envs, "libs": args.libs,
             "multipliers": args.multipliers, "learning_rates": args.lrs, "eval_episodes": args.eval_episodes,
+            "extra_overrides": args.set,
             "base_configs": {e: {"path": str(ENVS[e]["config"].relative_to(REPO_ROOT)), "overrides": ENVS[e]["overrides"]}
                              for e in args.envs},
             "out": str(args.out)}

@@ -69,7 +69,7 @@ BASE = [
     "safety.snapshot_interval=50", "training.torch_threads=1",
     # The defaults the fingerprints were recorded with (changed since, by measurement: docs/critics.md).
     "training.critic_loss=mse", "training.init_alpha=1.0", "training.alpha_learning_rate=null",
-    "training.max_grad_norm=null", "context.dim=10",
+    "training.max_grad_norm=null", "context.dim=10", "training.critic_learning_rate=3e-4",
 ]
 PENDULUM_CONTEXT = ["env.id=dynsac/RandomPendulum-v0", "context.encoder_hidden_sizes=[16]",
                     "context.model_hidden_sizes=[16]", "context.history_length=3"]

@@ -121,6 +121,9 @@ class ContextConfig(_Section):
         return check_layer_sizes(sizes)
 
 
+DEFAULT_CRITIC_LEARNING_RATE = 5e-4  # with the policy at 3e-4: chosen by measurement, docs/critics.md
+
+
 class TrainingParams(_Section):
     """What users tune: the SAC algorithm, its schedule and where checkpoints go."""
 
@@ -130,7 +133,11 @@ class TrainingParams(_Section):
     )
     learning_rate: float = Field(3e-4, gt=0, le=1, description="Adam learning rate of every network.")
     actor_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the policy.")
-    critic_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the critics.")
+    critic_learning_rate: float | None = Field(
+        None, gt=0, le=1, description="Adam learning rate of the critics. Unset: 5e-4 (docs/critics.md), or "
+        "learning_rate where the config sets that, so one learning_rate still sets every network; null: "
+        "learning_rate.",
+    )
     alpha_learning_rate: float | None = Field(
         3e-3, gt=0, le=1, description="Adam learning rate of log-alpha; null: learning_rate. 3e-3 lets alpha "
         "fall to the normalised reward's scale within a few thousand steps."
@@ -306,6 +313,10 @@ class TrainingParams(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingParams:
+        if not {"critic_learning_rate", "learning_rate"} & self.model_fields_set:
+            # Resolved into the field (not into `critic_lr`) so that a checkpoint's saved config
+            # resumes with it; __dict__: no second round of assignment validation.
+            self.__dict__["critic_learning_rate"] = DEFAULT_CRITIC_LEARNING_RATE
         if self.batch_size > self.buffer_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size}): lower "
