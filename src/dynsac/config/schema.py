@@ -131,7 +131,10 @@ class TrainingParams(_Section):
     learning_starts: int = Field(
         5_000, ge=0, le=MAX_STEPS, description="Steps of uniformly random actions before updates start."
     )
-    learning_rate: float = Field(3e-4, gt=0, le=1, description="Adam learning rate of every network.")
+    learning_rate: float = Field(
+        3e-4, gt=0, le=1, description="Adam learning rate of the policy, and of the critics where a config sets it "
+        "and not critic_learning_rate.",
+    )
     actor_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the policy.")
     critic_learning_rate: float | None = Field(
         None, gt=0, le=1, description="Adam learning rate of the critics. Unset: 5e-4 (docs/critics.md), or "
