@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from dynsac import TrainingParams
 from dynsac.config import ConfigError, load_config
@@ -21,21 +20,24 @@ def test_defaults_and_omitted_fields():
     assert isinstance(config.training, TrainingParams)
 
 
-def test_critic_learning_rate_defaults_to_its_own_rate_unless_learning_rate_is_set(tmp_path):
+def test_critics_learn_at_five_thirds_of_learning_rate_unless_set(tmp_path):
     rates = lambda config: (config.training.actor_lr, config.training.critic_lr)  # noqa: E731
     assert rates(load_config(None)) == (3e-4, 5e-4)
-    # One learning_rate still sets every network (the users' fix: a 10x lower rate everywhere).
-    assert rates(load_config(write(tmp_path, "training:\n  learning_rate: 3.0e-5\n"))) == (3e-5, 3e-5)
+    # Lowering learning_rate (the users' remedy, a 10x lower rate) slows the critics alike.
+    assert rates(load_config(write(tmp_path, "training:\n  learning_rate: 3.0e-5\n"))) == (3e-5, 5e-5)
     assert rates(load_config(None, ["training.learning_rate=1e-4", "training.critic_learning_rate=2e-4"])) == (
         1e-4, 2e-4)
-    assert rates(load_config(None, ["training.critic_learning_rate=null"])) == (3e-4, 3e-4)
-    assert TrainingParams().critic_lr == 5e-4 and TrainingParams(learning_rate=1e-3).critic_lr == 1e-3
-    # Resolved into the saved config: a checkpoint resumes at the rate it trained with, and a
-    # config saved before the default existed (critic_learning_rate: null) keeps following learning_rate.
-    saved = load_config(None).model_dump()
-    assert saved["training"]["critic_learning_rate"] == 5e-4
-    old = {**saved, "training": {**saved["training"], "critic_learning_rate": None}}
-    assert rates(load_config(write(tmp_path, yaml.safe_dump(old)))) == (3e-4, 3e-4)
+    assert TrainingParams(learning_rate=1.2e-3).critic_lr == pytest.approx(2e-3, rel=1e-12)
+    assert load_config(None).model_dump()["training"]["critic_learning_rate"] is None
+
+
+def test_checkpoints_from_before_the_critic_ratio_keep_their_critic_rate():
+    from dynsac.training.checkpoint import migrate
+
+    old = {"format_version": 9, "config": {"training": {"learning_rate": 1e-4, "critic_learning_rate": None}}}
+    assert migrate(old)["config"]["training"]["critic_learning_rate"] == 1e-4
+    kept = {"format_version": 9, "config": {"training": {"learning_rate": 1e-4, "critic_learning_rate": 7e-4}}}
+    assert migrate(kept)["config"]["training"]["critic_learning_rate"] == 7e-4
 
 
 def test_yaml_scientific_notation_is_a_float(tmp_path):

@@ -121,7 +121,10 @@ class ContextConfig(_Section):
         return check_layer_sizes(sizes)
 
 
-DEFAULT_CRITIC_LEARNING_RATE = 5e-4  # with the policy at 3e-4: chosen by measurement, docs/critics.md
+# The critics' rate relative to learning_rate unless set: 5e-4 at the default 3e-4, chosen by
+# measurement (docs/critics.md). A ratio, not a second fixed rate, so that lowering learning_rate
+# (the users' first remedy, and the rewind's) still slows every network.
+CRITIC_LEARNING_RATE_RATIO = 5 / 3
 
 
 class TrainingParams(_Section):
@@ -132,14 +135,13 @@ class TrainingParams(_Section):
         5_000, ge=0, le=MAX_STEPS, description="Steps of uniformly random actions before updates start."
     )
     learning_rate: float = Field(
-        3e-4, gt=0, le=1, description="Adam learning rate of the policy, and of the critics where a config sets it "
-        "and not critic_learning_rate.",
+        3e-4, gt=0, le=1, description="Adam learning rate of the policy; the critics' is 5/3 of it unless "
+        "critic_learning_rate is set.",
     )
     actor_learning_rate: float | None = Field(None, gt=0, le=1, description="Overrides learning_rate for the policy.")
     critic_learning_rate: float | None = Field(
-        None, gt=0, le=1, description="Adam learning rate of the critics. Unset: 5e-4 (docs/critics.md), or "
-        "learning_rate where the config sets that, so one learning_rate still sets every network; null: "
-        "learning_rate.",
+        None, gt=0, le=1, description="Adam learning rate of the critics; null: 5/3 of learning_rate (5e-4 at "
+        "the default 3e-4; docs/critics.md).",
     )
     alpha_learning_rate: float | None = Field(
         3e-3, gt=0, le=1, description="Adam learning rate of log-alpha; null: learning_rate. 3e-3 lets alpha "
@@ -316,10 +318,6 @@ class TrainingParams(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingParams:
-        if not {"critic_learning_rate", "learning_rate"} & self.model_fields_set:
-            # Resolved into the field (not into `critic_lr`) so that a checkpoint's saved config
-            # resumes with it; __dict__: no second round of assignment validation.
-            self.__dict__["critic_learning_rate"] = DEFAULT_CRITIC_LEARNING_RATE
         if self.batch_size > self.buffer_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must not exceed buffer_size ({self.buffer_size}): lower "
@@ -352,7 +350,7 @@ class TrainingParams(_Section):
 
     @property
     def critic_lr(self) -> float:
-        return self.critic_learning_rate or self.learning_rate
+        return self.critic_learning_rate or self.learning_rate * CRITIC_LEARNING_RATE_RATIO
 
     @property
     def alpha_lr(self) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 CHECKPOINT_PATTERN = re.compile(r"^sac_step_(\d+)\.pt$")
 
 
@@ -108,10 +108,19 @@ def _v8_to_v9(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _v9_to_v10(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 10 gave `critic_learning_rate: null` its meaning of 5/3 of `learning_rate`; older runs'
+    null meant `learning_rate` itself, which they keep."""
+    training = payload["config"].setdefault("training", {})
+    if training.get("critic_learning_rate") is None:
+        training["critic_learning_rate"] = training.get("learning_rate", 3e-4)
+    return payload
+
+
 # MIGRATIONS[v] turns a format-v checkpoint into a format-(v+1) one.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
-    8: _v8_to_v9,
+    8: _v8_to_v9, 9: _v9_to_v10,
 }
 
 
