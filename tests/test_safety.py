@@ -65,9 +65,22 @@ def test_weight_set_to_nan_mid_run_rolls_back_and_finishes(tmp_path, tiny_config
     assert "critic.weights.1" in nonfinite["message"] and nonfinite["step"] == 251
     rollback = events(tmp_path, "rollback")[0]
     assert "rolled back to the state of step" in rollback["message"]
-    assert rollback["learning_rates"]["critic"] == pytest.approx(3e-4 * 0.5)
+    assert rollback["learning_rates"]["critic"] == pytest.approx(5e-4 * 0.5)  # the default critic rate, halved
     assert np.isfinite(result.final_eval.mean)
     all_checkpoints_load(tmp_path)
+
+
+def test_suggested_rates_scale_every_rate_the_config_sets():
+    """The resume suggestion lowers each configured rate alike: learning_rate (which the critics
+    follow at 5/3 unless pinned), and a pinned critic or actor rate beside it."""
+    from dynsac.safety.diagnosis import suggestions
+
+    config = load_config(None, ["training.critic_learning_rate=1e-3"])
+    first_event = suggestions(config, {"actor": 3e-4, "critic": 1e-3}, rollbacks=0, history=[])
+    assert first_event["overrides"] == ["training.learning_rate=0.00015", "training.critic_learning_rate=0.0005"]
+    after_two = suggestions(load_config(None), {"actor": 3e-4 / 4, "critic": 5e-4 / 4}, rollbacks=2, history=[])
+    assert after_two["overrides"] == ["training.learning_rate=7.5e-05"]
+    assert "2 rollback(s) lowered them to" in after_two["reasons"][0]
 
 
 def test_stop_policy_writes_emergency_checkpoint_and_diagnosis(tmp_path, tiny_config):

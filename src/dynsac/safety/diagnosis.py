@@ -20,13 +20,19 @@ def suggestions(config: Config, learning_rates: dict[str, float], rollbacks: int
                 history: list[dict[str, float]]) -> dict[str, list[str]]:
     """Concrete changes computed from the run: config overrides for the resume command, and why."""
     overrides, reasons = [], []
-    lr = learning_rates["critic"]
+    # Every configured rate, scaled as far as the rollbacks lowered the critics' (or, stopped at the
+    # first event, by rollback_lr_factor): learning_rate, and the rates a config pins beside it.
+    training = config.training
+    scale = learning_rates["critic"] / training.critic_lr
     if not rollbacks:  # stopped at the first event: step more gently than the update that diverged
-        lr *= config.safety.rollback_lr_factor
-    overrides.append(f"training.learning_rate={lr:.3g}")
-    reasons.append(f"training.learning_rate={lr:.3g}: " + (
-        f"the rate {rollbacks} rollback(s) lowered it to" if rollbacks
-        else f"the current rate times safety.rollback_lr_factor ({config.safety.rollback_lr_factor:g})"))
+        scale *= config.safety.rollback_lr_factor
+    why = (f"the rates {rollbacks} rollback(s) lowered them to" if rollbacks
+           else f"the current rates times safety.rollback_lr_factor ({config.safety.rollback_lr_factor:g})")
+    for key in ("learning_rate", "actor_learning_rate", "critic_learning_rate"):
+        if getattr(training, key) is not None:
+            override = f"training.{key}={getattr(training, key) * scale:.3g}"
+            overrides.append(override)
+            reasons.append(f"{override}: {why}")
     q_max = max((h.get("train/q_max_abs", 0.0) for h in history), default=0.0)
     if config.safety.reward_normalization == "none":
         overrides.append("safety.reward_normalization=fixed")
