@@ -163,6 +163,19 @@ def test_config_builds_the_critic_options(tiny_config):
     assert trainer.train().steps == 150
 
 
+def test_the_support_ends_at_the_reward_bound_over_one_minus_gamma(tiny_config):
+    default = SACTrainer(tiny_config()).agent.value_head
+    assert default.bound == pytest.approx(100.0 / (1 - 0.99))  # |Q| = 1e4 normalised units
+    tight = SACTrainer(tiny_config(**{"training.critic_reward_bound": 10, "training.gamma": 0.95})).agent.value_head
+    assert tight.bound == pytest.approx(10.0 / 0.05)
+    ends = symexp(tight.atoms(torch.zeros(1))[[0, -1]])
+    assert ends.tolist() == pytest.approx([-200.0, 200.0], rel=1e-5)
+    # A target beyond the bound is projected as the bound itself; one inside is kept.
+    beyond, at_bound, inside = tight.target_probabilities(torch.tensor([1e6, 200.0, 150.0]))
+    assert torch.equal(beyond, at_bound)
+    assert tight.value(inside.log()).item() == pytest.approx(150.0, rel=1e-4)
+
+
 def test_config_refuses_a_subset_beyond_the_ensemble(tiny_config):
     with pytest.raises(Exception, match="critic_subset"):
         tiny_config(**{"training.num_critics": 2, "training.critic_subset": 3})

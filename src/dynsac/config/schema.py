@@ -189,7 +189,12 @@ class TrainingParams(_Section):
     huber_delta: float = Field(1.0, gt=0, description="Where the Huber TD loss turns linear.")
     critic_bins: int = Field(
         101, ge=3, le=10_001, description="Atoms of the categorical critics' support (`critic_loss: hl_gauss` or "
-        "`two_hot`), evenly spaced in symlog space up to |Q| = 100 / (1 - gamma) (normalised rewards)."
+        "`two_hot`), evenly spaced in symlog space up to |Q| = critic_reward_bound / (1 - gamma)."
+    )
+    critic_reward_bound: float = Field(
+        100.0, gt=0, le=1e30, description="The normalised reward magnitude the categorical critics' support "
+        "covers: its end atoms sit at |Q| = critic_reward_bound / (1 - gamma), and targets beyond are clipped "
+        "to them. Rewards are normalised to unit std (`safety.reward_normalization`), so no per-task range."
     )
     num_critics: int = Field(2, ge=1, le=100, description="Critics in the ensemble (REDQ uses 10).")
     critic_subset: int | None = Field(

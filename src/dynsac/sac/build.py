@@ -38,7 +38,8 @@ def build_value_head(config: Config) -> ValueHead | None:
     params = config.training
     if params.critic_loss not in CategoricalValue.KINDS:
         return None
-    return CategoricalValue(params.critic_loss, params.critic_bins, value_bound(params.gamma))
+    return CategoricalValue(params.critic_loss, params.critic_bins,
+                            value_bound(params.gamma, params.critic_reward_bound))
 
 
 def build_dynamics_map(config: Config, obs_dim: int, action_dim: int) -> DynamicsMap | None:

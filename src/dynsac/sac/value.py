@@ -18,8 +18,8 @@ state's error relative to its value instead of by its square (a quadratic cost's
 origin no longer drown those near it).
 
 The support's half-width comes from gamma: rewards are normalised to about unit scale
-(`safety.reward_normalization`), so |Q| <= `reward_bound / (1 - gamma)`; targets beyond it are
-clipped to the end atoms.
+(`safety.reward_normalization`), so |Q| <= `reward_bound / (1 - gamma)` (`training.critic_reward_bound`);
+targets beyond it are clipped to the end atoms.
 """
 
 from __future__ import annotations
