@@ -291,13 +291,14 @@ def test_extreme_env_context_beyond_the_bound_falls_back(tmp_path, tiny_config):
     assert int(trainer.agent.context_fallbacks) == 2 * 32 * 51  # 51 updates (steps 100..150), both windows
 
 
-@pytest.mark.parametrize("mode", ["fixed", "running"])
-def test_reward_normalization_makes_batches_scale_invariant(tmp_path, mode):
+@pytest.mark.parametrize("mode, statistic", [("fixed", "std"), ("running", "std"), ("fixed", "rms")])
+def test_reward_normalization_makes_batches_scale_invariant(tmp_path, mode, statistic):
     """The same run with rewards x1 and x1e6 feeds identical normalised rewards to the learner."""
     seen = {}
     for multiplier in (1.0, 1e6):
         config = load_config(None, tiny_overrides(tmp_path / str(multiplier), **{
-            "training.reward_scale": multiplier, "safety.reward_normalization": mode, "training.total_steps": 150}))
+            "training.reward_scale": multiplier, "safety.reward_normalization": mode, "training.total_steps": 150,
+            "safety.reward_statistic": statistic}))
         trainer = SACTrainer(config)
         for _ in range(150):
             trainer.collect_step()
@@ -305,7 +306,8 @@ def test_reward_normalization_makes_batches_scale_invariant(tmp_path, mode):
         batch = trainer.buffer.sample(64)
         seen[multiplier] = batch.reward * trainer.reward_normalizer.scale
     torch.testing.assert_close(seen[1.0], seen[1e6], rtol=1e-5, atol=1e-6)
-    assert seen[1.0].std().item() == pytest.approx(1.0, rel=0.5)
+    size = seen[1.0].std() if statistic == "std" else seen[1.0].square().mean().sqrt()
+    assert size.item() == pytest.approx(1.0, rel=0.5)
 
 
 def test_reward_normalizer_by_hand_and_fixed_freezes():
@@ -325,6 +327,24 @@ def test_reward_normalizer_by_hand_and_fixed_freezes():
     restored = RewardNormalizer("fixed")
     restored.load_state_dict(normalizer.state_dict())
     assert restored.scale == normalizer.scale
+
+
+def test_reward_normalizer_rms_statistic_by_hand():
+    """`rms` divides by sqrt(mean^2 + variance): a nearly constant reward keeps its size, where 1/std
+    would multiply it by ~100."""
+    from dynsac.safety.reward_scale import RewardNormalizer
+
+    hanging = [-9.80, -9.85, -9.75, -9.90, -9.70]
+    by_rms, by_std = RewardNormalizer("fixed", statistic="rms"), RewardNormalizer("fixed")
+    for reward in hanging:
+        by_rms.observe(reward)
+        by_std.observe(reward)
+    assert by_rms.scale == pytest.approx(1 / np.sqrt(np.mean(np.square(hanging))), rel=1e-12)
+    assert by_std.scale == pytest.approx(1 / np.std(hanging), rel=1e-9)
+    assert max(abs(r * by_rms.scale) for r in hanging) < 1.02
+    assert max(abs(r * by_std.scale) for r in hanging) > 100
+    with pytest.raises(ValueError, match="reward statistic 'mad'"):
+        RewardNormalizer("fixed", statistic="mad")
 
 
 def test_nonfinite_action_never_reaches_the_env_and_is_traced(tmp_path, tiny_config):

@@ -385,6 +385,10 @@ class SafetyConfig(_Section):
         description="Scale sampled rewards by 1/std: `fixed` from warm-up statistics (frozen at the first "
         "update), `running` from all rewards so far; `none` uses them as stored.",
     )
+    reward_statistic: Literal["std", "rms"] = Field(
+        "std", description="What `reward_normalization` divides by: the rewards' standard deviation (`std`) or "
+        "their root mean square (`rms`, the offset included: a nearly constant reward is not blown up).",
+    )
     skip_nonfinite_gradients: bool = Field(
         True, description="Never apply an optimizer step whose gradient norm is NaN/Inf (counted)."
     )

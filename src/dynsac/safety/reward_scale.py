@@ -5,6 +5,10 @@
   every target of the run sees the same scale, so off-policy targets stay consistent.
 - `running`: 1 / running std of all rewards collected so far, updated as they arrive; adapts when
   the reward distribution shifts, at the price of slowly moving targets.
+The statistic (`safety.reward_statistic`) is the rewards' standard deviation (`std`) or their root
+mean square about zero (`rms`, sqrt(mean^2 + variance)). `rms` measures the rewards' size, offset
+included: a nearly constant reward (a pendulum hanging still, an alive bonus) has a tiny std, and
+scaling by 1/std would blow it up; its RMS is its magnitude.
 Statistics are float64 and travel in checkpoints.
 """
 
@@ -15,10 +19,12 @@ from typing import Any
 
 
 class RewardNormalizer:
-    def __init__(self, mode: str, epsilon: float = 1e-8) -> None:
+    def __init__(self, mode: str, epsilon: float = 1e-8, statistic: str = "std") -> None:
         if mode not in ("none", "fixed", "running"):
             raise ValueError(f"reward normalization mode {mode!r}: expected none, fixed or running")
-        self.mode, self.epsilon = mode, epsilon
+        if statistic not in ("std", "rms"):
+            raise ValueError(f"reward statistic {statistic!r}: expected std or rms")
+        self.mode, self.epsilon, self.statistic = mode, epsilon, statistic
         self.count, self.mean, self.sum_squares = 0, 0.0, 0.0
         self.frozen_scale: float | None = None
 
@@ -46,9 +52,13 @@ class RewardNormalizer:
             return self.frozen_scale
         return self._current_scale()
 
+    @property
+    def rms(self) -> float:
+        return math.sqrt(self.mean**2 + self.sum_squares / self.count) if self.count > 1 else 0.0
+
     def _current_scale(self) -> float:
-        std = self.std
-        return 1.0 / std if std > self.epsilon else 1.0
+        size = self.rms if self.statistic == "rms" else self.std
+        return 1.0 / size if size > self.epsilon else 1.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "count": self.count, "mean": self.mean, "sum_squares": self.sum_squares,

@@ -105,7 +105,8 @@ class SACTrainer:
         stored_context_dim = self.context_dim if config.context.source == "env" else 0
         self.buffer = ReplayBuffer(params.buffer_size, self.obs_dim, self.action_dim, self.device,
                                    stored_context_dim, params.num_envs)
-        self.reward_normalizer = RewardNormalizer(config.safety.reward_normalization)
+        self.reward_normalizer = RewardNormalizer(config.safety.reward_normalization,
+                                                 statistic=config.safety.reward_statistic)
         self.rollout = Rollout(config, self.agent, self.device, self.events, self.warmup_rng, env_fn)
         self.rollout.start(envs, first)
         self.rollout.check_eval_env()
