@@ -382,7 +382,7 @@ class SafetyConfig(_Section):
     )
     reward_normalization: Literal["none", "fixed", "running"] = Field(
         "fixed",
-        description="Scale sampled rewards by 1/std: `fixed` from warm-up statistics (frozen at the first "
+        description="Scale sampled rewards by 1/std (or 1/RMS: `reward_statistic`): `fixed` from warm-up statistics (frozen at the first "
         "update), `running` from all rewards so far; `none` uses them as stored.",
     )
     reward_statistic: Literal["std", "rms"] = Field(

@@ -38,8 +38,12 @@ class RewardNormalizer:
         self.sum_squares += delta * (reward - self.mean)
 
     @property
+    def variance(self) -> float:
+        return self.sum_squares / self.count if self.count > 1 else 0.0
+
+    @property
     def std(self) -> float:
-        return math.sqrt(self.sum_squares / self.count) if self.count > 1 else 0.0
+        return math.sqrt(self.variance)
 
     @property
     def scale(self) -> float:
@@ -54,7 +58,7 @@ class RewardNormalizer:
 
     @property
     def rms(self) -> float:
-        return math.sqrt(self.mean**2 + self.sum_squares / self.count) if self.count > 1 else 0.0
+        return math.sqrt(self.mean**2 + self.variance) if self.count > 1 else 0.0
 
     def _current_scale(self) -> float:
         size = self.rms if self.statistic == "rms" else self.std
